@@ -1,0 +1,290 @@
+/* gemma-mkmodel — writes synthetic Gemma 4 text GGUFs (presets with overrides), or
+ * requantizes an existing gemma4 GGUF. See docs/tools.md. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+
+#include "synth-model.h"
+
+/* The meson target builds this file alone (no tool-common.c), so it carries its own
+ * small option parser. Exit codes as the other tools: 0 ok, 1 usage, 3 failure. */
+enum { EXIT_USAGE = 1, EXIT_FAIL = 3 };
+
+static const char *prog = "gemma-mkmodel";
+
+typedef struct args {
+    int argc;
+    char **argv;
+    int i;
+    bool error;
+} args;
+
+static bool is_flag(const args *a, const char *name)
+{
+    return strcmp(a->argv[a->i], name) == 0;
+}
+
+/* "--name VALUE" or "--name=VALUE" (alt may be NULL). */
+static bool opt_str(args *a, const char *name, const char *alt, const char **out)
+{
+    const char *s = a->argv[a->i];
+    const char *names[2] = { name, alt };
+    for (int k = 0; k < 2; k++) {
+        const char *n = names[k];
+        if (!n)
+            continue;
+        size_t len = strlen(n);
+        if (strncmp(s, n, len) != 0)
+            continue;
+        if (s[len] == '=' && n[1] == '-') {
+            *out = s + len + 1;
+            return true;
+        }
+        if (s[len] != '\0')
+            continue;
+        if (a->i + 1 >= a->argc) {
+            fprintf(stderr, "%s: option %s needs a value\n", prog, n);
+            a->error = true;
+            return true;
+        }
+        *out = a->argv[++a->i];
+        return true;
+    }
+    return false;
+}
+
+static bool opt_long(args *a, const char *name, const char *alt, long min, long max, long *out)
+{
+    const char *v = NULL;
+    if (!opt_str(a, name, alt, &v))
+        return false;
+    if (a->error)
+        return true;
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < min || x > max) {
+        fprintf(stderr, "%s: option %s: \"%s\" is not an integer in [%ld, %ld]\n", prog, name, v, min, max);
+        a->error = true;
+    } else {
+        *out = x;
+    }
+    return true;
+}
+
+static bool opt_double(args *a, const char *name, const char *alt, double min, double max, double *out)
+{
+    const char *v = NULL;
+    if (!opt_str(a, name, alt, &v))
+        return false;
+    if (a->error)
+        return true;
+    char *end = NULL;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(x) || x < min || x > max) {
+        fprintf(stderr, "%s: option %s: \"%s\" is not a number in [%g, %g]\n", prog, name, v, min, max);
+        a->error = true;
+    } else {
+        *out = x;
+    }
+    return true;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: gemma-mkmodel --preset NAME [options] -o OUT.gguf\n"
+        "       gemma-mkmodel --from IN.gguf --type T [--drop-shared-kv] [--threads N] -o OUT.gguf\n"
+        "\n"
+        "Writes a Gemma 4 text GGUF with seeded synthetic weights, in llama.cpp's tensor\n"
+        "names, shapes and metadata keys; or converts the matrices of an existing gemma4\n"
+        "GGUF to another type (like llama-quantize).\n"
+        "\n"
+        "  --preset NAME        tiny | test | e2b | e4b\n"
+        "  --vocab FILE         copy the tokenizer (tokenizer.* keys) from this GGUF;\n"
+        "                       without it a vocabulary is generated (--vocab-size entries)\n"
+        "  --type T             matrix type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q4_K q5_K q6_K\n"
+        "  --embd-type T        token_embd / per_layer_token_embd type (default: --type, except\n"
+        "                       presets with their own embedding type: tiny uses q4_0)\n"
+        "  --seed N             weight seed (default 1)\n"
+        "  --threads N          generation threads (default: all CPUs)\n"
+        "  --name STR           general.name\n"
+        "  -o, --output FILE    output path\n"
+        "\n"
+        "dimension overrides:\n"
+        "  --vocab-size N --embd N --layers N --heads N --kv-heads N --kv-heads-full N\n"
+        "  --head-dim N (sliding) --head-dim-full N --ff N --double-wide --no-double-wide\n"
+        "  --shared-kv N --keep-shared-kv --ple N --window N --swa-period N\n"
+        "  --rope-theta F (full) --rope-theta-swa F --partial-rotary F --softcap F (0 = none)\n"
+        "  --k-eq-v --no-layer-scale --bidir none|vision|omit\n"
+        "\n"
+        "requantize:\n"
+        "  --from FILE          input gemma4 GGUF (all metadata is copied)\n"
+        "  --drop-shared-kv     leave out attn_k/attn_v/attn_k_norm of KV-shared layers\n");
+}
+
+static int parse_type(const char *opt, const char *s, gm_type *out)
+{
+    int t = gm_type_from_name(s);
+    if (t < 0) {
+        fprintf(stderr, "%s: %s: unknown type \"%s\" (f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q4_K q5_K q6_K)\n", prog,
+                opt, s);
+        return -1;
+    }
+    *out = (gm_type)t;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *preset = NULL, *vocab = NULL, *type_s = NULL, *embd_type_s = NULL, *out = NULL, *from = NULL;
+    const char *name = NULL, *bidir_s = NULL;
+    long seed = -1, threads = 0;
+    long v_vocab = -1, v_embd = -1, v_layers = -1, v_heads = -1, v_kv = -1, v_kv_full = -1, v_hd = -1,
+         v_hd_full = -1, v_ff = -1, v_shared = -1, v_ple = -1, v_window = -1, v_period = -1;
+    double v_theta = -1, v_theta_swa = -1, v_partial = -1, v_softcap = -1;
+    int double_wide = -1;
+    bool keep_shared = false, k_eq_v = false, no_layer_scale = false, drop_shared = false;
+
+    args a = { .argc = argc, .argv = argv, .i = 1 };
+    const long BIG = 1L << 30;
+    for (; a.i < argc && !a.error; a.i++) {
+        if (is_flag(&a, "-h") || is_flag(&a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (opt_str(&a, "--preset", NULL, &preset) || opt_str(&a, "--vocab", NULL, &vocab) ||
+            opt_str(&a, "--type", NULL, &type_s) || opt_str(&a, "--embd-type", NULL, &embd_type_s) ||
+            opt_str(&a, "-o", "--output", &out) || opt_str(&a, "--from", NULL, &from) ||
+            opt_str(&a, "--name", NULL, &name) || opt_str(&a, "--bidir", NULL, &bidir_s) ||
+            opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &seed) ||
+            opt_long(&a, "--threads", "-t", 0, 1024, &threads) ||
+            opt_long(&a, "--vocab-size", NULL, 1, 1L << 24, &v_vocab) ||
+            opt_long(&a, "--embd", NULL, 1, 65536, &v_embd) ||
+            opt_long(&a, "--layers", NULL, 1, 4096, &v_layers) ||
+            opt_long(&a, "--heads", NULL, 1, 1024, &v_heads) ||
+            opt_long(&a, "--kv-heads", NULL, 1, 1024, &v_kv) ||
+            opt_long(&a, "--kv-heads-full", NULL, 0, 1024, &v_kv_full) ||
+            opt_long(&a, "--head-dim", NULL, 2, 65536, &v_hd) ||
+            opt_long(&a, "--head-dim-full", NULL, 2, 65536, &v_hd_full) ||
+            opt_long(&a, "--ff", NULL, 1, 262144, &v_ff) ||
+            opt_long(&a, "--shared-kv", NULL, 0, 4096, &v_shared) ||
+            opt_long(&a, "--ple", NULL, 0, 65536, &v_ple) ||
+            opt_long(&a, "--window", NULL, 1, BIG, &v_window) ||
+            opt_long(&a, "--swa-period", NULL, 0, 4096, &v_period) ||
+            opt_double(&a, "--rope-theta", NULL, 1e-3, 1e12, &v_theta) ||
+            opt_double(&a, "--rope-theta-swa", NULL, 1e-3, 1e12, &v_theta_swa) ||
+            opt_double(&a, "--partial-rotary", NULL, 0, 1, &v_partial) ||
+            opt_double(&a, "--softcap", NULL, 0, 1e6, &v_softcap))
+            continue;
+        if (is_flag(&a, "--double-wide")) double_wide = 1;
+        else if (is_flag(&a, "--no-double-wide")) double_wide = 0;
+        else if (is_flag(&a, "--keep-shared-kv")) keep_shared = true;
+        else if (is_flag(&a, "--k-eq-v")) k_eq_v = true;
+        else if (is_flag(&a, "--no-layer-scale")) no_layer_scale = true;
+        else if (is_flag(&a, "--drop-shared-kv")) drop_shared = true;
+        else {
+            fprintf(stderr, "%s: unknown argument \"%s\" (see --help)\n", prog, argv[a.i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (a.error)
+        return EXIT_USAGE;
+    if (!out) {
+        fprintf(stderr, "%s: no output file (-o OUT.gguf)\n", prog);
+        return EXIT_USAGE;
+    }
+    if (!!preset == !!from) {
+        fprintf(stderr, "%s: give exactly one of --preset NAME or --from FILE\n", prog);
+        return EXIT_USAGE;
+    }
+    gm_type type = GM_TYPE_Q8_0, embd_type = GM_TYPE_Q8_0;
+    if (type_s && parse_type("--type", type_s, &type) != 0)
+        return EXIT_USAGE;
+    if (embd_type_s && parse_type("--embd-type", embd_type_s, &embd_type) != 0)
+        return EXIT_USAGE;
+
+    gm_error err = { 0 };
+    double t0 = now_s();
+    if (from) {
+        if (!type_s) {
+            fprintf(stderr, "%s: --from needs --type\n", prog);
+            return EXIT_USAGE;
+        }
+        if (gm_synth_requantize(from, out, type, drop_shared, (int)threads, &err) != GM_OK) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            return EXIT_FAIL;
+        }
+    } else {
+        gm_synth_config cfg;
+        if (gm_synth_preset(preset, &cfg) != 0) {
+            fprintf(stderr, "%s: unknown preset \"%s\" (tiny, test, e2b, e4b)\n", prog, preset);
+            return EXIT_USAGE;
+        }
+        bool embd_follows = cfg.embd_type == cfg.wtype;
+        if (type_s) {
+            cfg.wtype = type;
+            if (embd_follows)
+                cfg.embd_type = type;
+        }
+        if (embd_type_s)
+            cfg.embd_type = embd_type;
+        if (name) snprintf(cfg.name, sizeof cfg.name, "%s", name);
+        if (seed >= 0) cfg.seed = (uint64_t)seed;
+        cfg.n_threads = (int)threads;
+        cfg.vocab_path = vocab;
+        if (v_vocab > 0) cfg.n_vocab = (uint32_t)v_vocab;
+        if (v_embd > 0) cfg.n_embd = (uint32_t)v_embd;
+        if (v_layers > 0) cfg.n_layer = (uint32_t)v_layers;
+        if (v_heads > 0) cfg.n_head = (uint32_t)v_heads;
+        if (v_kv > 0) cfg.n_head_kv = (uint32_t)v_kv;
+        if (v_kv_full >= 0) cfg.n_head_kv_full = (uint32_t)v_kv_full;
+        if (v_hd > 0) cfg.head_dim_swa = (uint32_t)v_hd;
+        if (v_hd_full > 0) cfg.head_dim_full = (uint32_t)v_hd_full;
+        if (v_ff > 0) cfg.n_ff = (uint32_t)v_ff;
+        if (v_shared >= 0) cfg.n_shared_kv = (uint32_t)v_shared;
+        if (v_ple >= 0) cfg.n_embd_per_layer = (uint32_t)v_ple;
+        if (v_window > 0) cfg.sliding_window = (uint32_t)v_window;
+        if (v_period >= 0) cfg.swa_period = (uint32_t)v_period;
+        if (v_theta > 0) cfg.rope_theta_full = (float)v_theta;
+        if (v_theta_swa > 0) cfg.rope_theta_swa = (float)v_theta_swa;
+        if (v_partial >= 0) cfg.partial_rotary = (float)v_partial;
+        if (v_softcap >= 0) cfg.final_softcap = (float)v_softcap;
+        if (double_wide >= 0) cfg.double_wide = double_wide != 0;
+        if (keep_shared) cfg.keep_shared_kv_tensors = true;
+        if (k_eq_v) cfg.k_eq_v = true;
+        if (no_layer_scale) cfg.layer_scale = false;
+        if (bidir_s) {
+            if (strcmp(bidir_s, "none") == 0) cfg.bidir = 0;
+            else if (strcmp(bidir_s, "vision") == 0) cfg.bidir = 1;
+            else if (strcmp(bidir_s, "omit") == 0) cfg.bidir = -1;
+            else {
+                fprintf(stderr, "%s: --bidir: \"%s\" is not none, vision or omit\n", prog, bidir_s);
+                return EXIT_USAGE;
+            }
+        }
+        if (gm_synth_write(&cfg, out, &err) != GM_OK) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            return EXIT_FAIL;
+        }
+    }
+    double dt = now_s() - t0;
+    struct stat st;
+    double mib = stat(out, &st) == 0 ? (double)st.st_size / (1024.0 * 1024.0) : 0.0;
+    fprintf(stderr, "%s: wrote %s (%.1f MiB) in %.2f s\n", prog, out, mib, dt);
+    return 0;
+}

@@ -1,0 +1,565 @@
+/* gemma-run — one-shot, in-process generation: load a Gemma 4 GGUF, run a prompt, stream
+ * the text. Also the conformance interface (--tokens + --dump-logits) and a tokenizer
+ * front end (--tokenize). Usage in docs/tools.md.
+ *
+ * Exit codes: 0 ok, 1 usage, 2 model (or vocabulary / mmproj) load error, 3 runtime error.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/cpu.h"
+#include "core/gguf.h"
+#include "core/pool.h"
+#include "decoder/chat.h"
+#include "decoder/context.h"
+#include "decoder/generate.h"
+#include "decoder/model.h"
+#include "decoder/sampler.h"
+#include "decoder/tokenizer.h"
+#include "tool-common.h"
+
+static const char *prog = "gemma-run";
+
+#define MAX_STOP 16
+#define DEFAULT_MAX_TOKENS 256
+
+typedef struct options {
+    const char *model, *mmproj, *prompt, *system, *tokens, *dump_logits;
+    char *joined_prompt;       /* positional words, joined */
+    const char *stop[MAX_STOP];
+    size_t n_stop;
+    long threads, ctx, batch, max_tokens;
+    bool max_tokens_set, seed_set;
+    long seed;
+    double temp, top_p, min_p, repeat_penalty, presence, frequency;
+    long top_k, repeat_last_n;
+    bool think, raw, tokenize, bos, special, verbose, quiet, ids;
+} options;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: gemma-run -m MODEL.gguf [options] [-p PROMPT | PROMPT words...]\n"
+        "       gemma-run -m MODEL.gguf --tokens \"2 105 ...\" [--dump-logits FILE] [-n N]\n"
+        "       gemma-run -m MODEL_OR_VOCAB.gguf --tokenize [--bos] [--special] < text\n"
+        "\n"
+        "  -m, --model FILE         Gemma 4 text GGUF\n"
+        "  --mmproj FILE            multimodal projector GGUF (validated; the vision and audio\n"
+        "                           encoders come in later releases)\n"
+        "  -p, --prompt TEXT        the user message (or give it as trailing words)\n"
+        "  --system TEXT            system message\n"
+        "  --think                  enable thinking (<|think|> in the system turn)\n"
+        "  --raw                    no chat template: BOS + the prompt, special tokens parsed\n"
+        "  --tokens \"ID ...\"        raw token ids as the prompt (no template, no BOS added)\n"
+        "  -n, --max-tokens N       tokens to generate (default %d; -1 = until the context is\n"
+        "                           full; default 0 with --dump-logits)\n"
+        "  --stop STR               stop string (repeatable, up to %d)\n"
+        "  --temp F                 temperature (0 = greedy; default 1.0)\n"
+        "  --top-k N  --top-p F  --min-p F\n"
+        "  --repeat-penalty F  --repeat-last-n N  --presence-penalty F  --frequency-penalty F\n"
+        "  --seed N                 sampling seed (default: random)\n"
+        "  --threads N              worker threads (default: all CPUs)\n"
+        "  --ctx N                  context size (default: min(training context, 4096))\n"
+        "  --batch N                prefill chunk size (default 512)\n"
+        "  --dump-logits FILE       write the prompt's logits (f32 little-endian, one row of\n"
+        "                           n_vocab per prompt position)\n"
+        "  --ids                    print generated token ids instead of text\n"
+        "  --special                render control tokens in the output; with --tokenize, parse\n"
+        "                           special-token strings in the input\n"
+        "  --tokenize               print the token ids of stdin (or -p) and exit; works on a\n"
+        "                           vocabulary-only GGUF\n"
+        "  --bos                    with --tokenize: prepend BOS\n"
+        "  --verbose                model description, prompt ids and settings on stderr\n"
+        "  --quiet                  no statistics on stderr\n",
+        DEFAULT_MAX_TOKENS, MAX_STOP);
+}
+
+/* Returns 0, or an exit code. */
+static int parse_args(int argc, char **argv, options *o)
+{
+    gm_sampler_params sp = gm_sampler_default_params();
+    memset(o, 0, sizeof *o);
+    o->temp = sp.temperature;
+    o->top_k = sp.top_k;
+    o->top_p = sp.top_p;
+    o->min_p = sp.min_p;
+    o->repeat_penalty = sp.repeat_penalty;
+    o->repeat_last_n = sp.repeat_last_n;
+    o->presence = sp.presence_penalty;
+    o->frequency = sp.frequency_penalty;
+    o->max_tokens = DEFAULT_MAX_TOKENS;
+
+    size_t words_len = 0;
+    int first_word = -1, n_words = 0;
+    tool_args a;
+    tool_args_init(&a, argc, argv, prog);
+    for (; a.i < argc && !a.error; a.i++) {
+        const char *s = argv[a.i];
+        const char *stop = NULL;
+        if (tool_flag(&a, "-h", "--help")) {
+            usage(stdout);
+            exit(TOOL_EXIT_OK);
+        }
+        if (tool_opt_str(&a, "-m", "--model", &o->model) || tool_opt_str(&a, "--mmproj", NULL, &o->mmproj) ||
+            tool_opt_str(&a, "-p", "--prompt", &o->prompt) || tool_opt_str(&a, "--system", NULL, &o->system) ||
+            tool_opt_str(&a, "--tokens", NULL, &o->tokens) ||
+            tool_opt_str(&a, "--dump-logits", NULL, &o->dump_logits) ||
+            tool_opt_long(&a, "--threads", "-t", 0, 1024, &o->threads) ||
+            tool_opt_long(&a, "--ctx", "-c", 0, 1L << 24, &o->ctx) ||
+            tool_opt_long(&a, "--batch", "-b", 0, 1L << 20, &o->batch) ||
+            tool_opt_double(&a, "--temp", NULL, 0, 100, &o->temp) ||
+            tool_opt_long(&a, "--top-k", NULL, 0, 1L << 24, &o->top_k) ||
+            tool_opt_double(&a, "--top-p", NULL, 0, 1, &o->top_p) ||
+            tool_opt_double(&a, "--min-p", NULL, 0, 1, &o->min_p) ||
+            tool_opt_double(&a, "--repeat-penalty", NULL, 0, 100, &o->repeat_penalty) ||
+            tool_opt_long(&a, "--repeat-last-n", NULL, -1, 1L << 24, &o->repeat_last_n) ||
+            tool_opt_double(&a, "--presence-penalty", NULL, -100, 100, &o->presence) ||
+            tool_opt_double(&a, "--frequency-penalty", NULL, -100, 100, &o->frequency))
+            continue;
+        if (tool_opt_long(&a, "-n", "--max-tokens", -1, 1L << 24, &o->max_tokens)) {
+            o->max_tokens_set = true;
+            continue;
+        }
+        if (tool_opt_long(&a, "--seed", "-s", 0, (long)(~0UL >> 1), &o->seed)) {
+            o->seed_set = true;
+            continue;
+        }
+        if (tool_opt_str(&a, "--stop", NULL, &stop)) {
+            if (a.error)
+                break;
+            if (o->n_stop == MAX_STOP) {
+                fprintf(stderr, "%s: at most %d --stop strings\n", prog, MAX_STOP);
+                return TOOL_EXIT_USAGE;
+            }
+            if (!*stop) {
+                fprintf(stderr, "%s: --stop: empty string\n", prog);
+                return TOOL_EXIT_USAGE;
+            }
+            o->stop[o->n_stop++] = stop;
+            continue;
+        }
+        if (tool_flag(&a, "--think", NULL)) o->think = true;
+        else if (tool_flag(&a, "--raw", NULL)) o->raw = true;
+        else if (tool_flag(&a, "--tokenize", NULL)) o->tokenize = true;
+        else if (tool_flag(&a, "--bos", NULL)) o->bos = true;
+        else if (tool_flag(&a, "--special", NULL)) o->special = true;
+        else if (tool_flag(&a, "--verbose", "-v")) o->verbose = true;
+        else if (tool_flag(&a, "--quiet", "-q")) o->quiet = true;
+        else if (tool_flag(&a, "--ids", NULL)) o->ids = true;
+        else if (s[0] == '-' && s[1] != '\0') {
+            fprintf(stderr, "%s: unknown option \"%s\" (see --help)\n", prog, s);
+            return TOOL_EXIT_USAGE;
+        } else {
+            if (first_word < 0)
+                first_word = a.i;
+            else if (first_word + n_words != a.i) {
+                fprintf(stderr, "%s: prompt words must come together (after the options)\n", prog);
+                return TOOL_EXIT_USAGE;
+            }
+            n_words++;
+            words_len += strlen(s) + 1;
+        }
+    }
+    if (a.error)
+        return TOOL_EXIT_USAGE;
+    if (n_words) {
+        if (o->prompt) {
+            fprintf(stderr, "%s: give the prompt either with -p or as words, not both\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        o->joined_prompt = malloc(words_len + 1);
+        if (!o->joined_prompt)
+            return TOOL_EXIT_RUNTIME;
+        o->joined_prompt[0] = '\0';
+        for (int k = 0; k < n_words; k++) {
+            if (k)
+                strcat(o->joined_prompt, " ");
+            strcat(o->joined_prompt, argv[first_word + k]);
+        }
+        o->prompt = o->joined_prompt;
+    }
+    if (!o->model) {
+        fprintf(stderr, "%s: no model (-m MODEL.gguf); see --help\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->tokenize)
+        return 0;
+    if (o->tokens && (o->prompt || o->system || o->raw || o->think)) {
+        fprintf(stderr, "%s: --tokens is the whole prompt: no -p/--system/--raw/--think with it\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (!o->tokens && !o->prompt) {
+        fprintf(stderr, "%s: no prompt (-p TEXT, trailing words, or --tokens)\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->raw && o->system) {
+        fprintf(stderr, "%s: --system needs the chat template (drop --raw)\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->dump_logits && !o->max_tokens_set)
+        o->max_tokens = 0;
+    return 0;
+}
+
+/* ---- --tokenize ---------------------------------------------------------------------- */
+
+static int run_tokenize(const options *o)
+{
+    gm_error err = { 0 };
+    gm_gguf *g = gm_gguf_open(o->model, &err);
+    if (!g) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        return TOOL_EXIT_LOAD;
+    }
+    gm_tokenizer *tok = gm_tokenizer_load(g, &err);
+    if (!tok) {
+        fprintf(stderr, "%s: %s: %s\n", prog, o->model, err.msg);
+        gm_gguf_close(g);
+        return TOOL_EXIT_LOAD;
+    }
+    int rc = TOOL_EXIT_OK;
+    size_t len = 0;
+    char *text = NULL;
+    if (o->prompt) {
+        len = strlen(o->prompt);
+    } else {
+        text = tool_read_all(stdin, &len);
+        if (!text) {
+            fprintf(stderr, "%s: cannot read stdin\n", prog);
+            rc = TOOL_EXIT_RUNTIME;
+            goto out;
+        }
+    }
+    gm_tokens ids = { 0 };
+    if (gm_tokenize(tok, o->prompt ? o->prompt : text, len, o->bos, o->special, &ids, &err) != GM_OK) {
+        fprintf(stderr, "%s: tokenize: %s\n", prog, err.msg);
+        rc = TOOL_EXIT_RUNTIME;
+    } else {
+        for (size_t i = 0; i < ids.n; i++)
+            printf(i ? " %d" : "%d", ids.ids[i]);
+        printf("\n");
+        if (fflush(stdout) != 0)
+            rc = TOOL_EXIT_RUNTIME;
+    }
+    gm_tokens_free(&ids);
+out:
+    free(text);
+    gm_tokenizer_free(tok);
+    gm_gguf_close(g);
+    return rc;
+}
+
+/* ---- prompt ---------------------------------------------------------------------------- */
+
+static int build_prompt(const options *o, const gm_model *model, const gm_tokenizer *tok, gm_prompt *p,
+                        gm_error *err)
+{
+    int rc;
+    if (o->tokens) {
+        gm_tokens ids = { 0 };
+        char msg[160];
+        if (tool_parse_ids(o->tokens, (int32_t)model->hp.n_vocab, &ids, msg, sizeof msg) != 0) {
+            gm_tokens_free(&ids);
+            return gm_set_error(err, GM_ERR_INVALID, "--tokens: %s", msg);
+        }
+        if (ids.n == 0) {
+            gm_tokens_free(&ids);
+            return gm_set_error(err, GM_ERR_INVALID, "--tokens: no token ids");
+        }
+        rc = gm_prompt_add_ids(p, ids.ids, ids.n, err);
+        gm_tokens_free(&ids);
+    } else if (o->raw) {
+        int32_t bos = gm_tokenizer_bos(tok);
+        rc = bos >= 0 ? gm_prompt_add_ids(p, &bos, 1, err) : GM_OK;
+        if (rc == GM_OK)
+            rc = gm_prompt_add_text(p, tok, o->prompt, true, err);
+    } else {
+        gm_chat_part sys_part = { .type = GM_PART_TEXT, .text = o->system };
+        gm_chat_part user_part = { .type = GM_PART_TEXT, .text = o->prompt };
+        gm_chat_message msgs[2];
+        size_t n = 0;
+        if (o->system)
+            msgs[n++] = (gm_chat_message){ .role = GM_ROLE_SYSTEM, .parts = &sys_part, .n_parts = 1 };
+        msgs[n++] = (gm_chat_message){ .role = GM_ROLE_USER, .parts = &user_part, .n_parts = 1 };
+        gm_chat_options co = { .thinking = o->think, .add_generation_prompt = true };
+        return gm_chat_build(tok, msgs, n, &co, p, err);
+    }
+    if (rc == GM_OK)
+        gm_prompt_finish(p);
+    return rc;
+}
+
+/* Evaluates the prompt with logits for every position, chunk by chunk, and appends each
+ * chunk's rows to the file. Leaves the prompt in the cache. */
+static int dump_logits(const options *o, gm_context *ctx, const gm_prompt *p, int32_t n_vocab,
+                       double *seconds, gm_error *err)
+{
+    FILE *f = fopen(o->dump_logits, "wb");
+    if (!f)
+        return gm_set_error(err, GM_ERR_IO, "%s: cannot create: %s", o->dump_logits, strerror(errno));
+    int32_t chunk = o->batch > 0 ? (int32_t)o->batch : 512;
+    float *logits = malloc((size_t)chunk * (size_t)n_vocab * sizeof(float));
+    int rc = GM_OK;
+    if (!logits) {
+        fclose(f);
+        return gm_set_error(err, GM_ERR_NOMEM, "out of memory for %d logit rows", chunk);
+    }
+    double t0 = tool_now();
+    for (size_t s = 0; s < p->n_spans && rc == GM_OK; s++) {
+        const gm_span *sp = &p->spans[s];
+        if (sp->type != GM_SPAN_TEXT) {
+            rc = gm_set_error(err, GM_ERR_UNSUPPORTED, "--dump-logits: media spans are not supported");
+            break;
+        }
+        for (int32_t i = 0; i < sp->n && rc == GM_OK; i += chunk) {
+            gm_span part = { .type = GM_SPAN_TEXT, .n = sp->n - i < chunk ? sp->n - i : chunk, .ids = sp->ids + i };
+            rc = gm_context_eval(ctx, &part, 1, GM_LOGITS_ALL, logits, err);
+            if (rc != GM_OK)
+                break;
+            size_t nrow = (size_t)part.n * (size_t)n_vocab;
+            if (fwrite(logits, sizeof(float), nrow, f) != nrow)
+                rc = gm_set_error(err, GM_ERR_IO, "%s: write failed: %s", o->dump_logits, strerror(errno));
+        }
+    }
+    *seconds = tool_now() - t0;
+    free(logits);
+    if (fclose(f) != 0 && rc == GM_OK)
+        rc = gm_set_error(err, GM_ERR_IO, "%s: write failed: %s", o->dump_logits, strerror(errno));
+    if (rc != GM_OK)
+        unlink(o->dump_logits);
+    return rc;
+}
+
+/* ---- generation callbacks -------------------------------------------------------------- */
+
+typedef struct run_state {
+    bool ids;
+    bool any_output;
+    char last;
+    size_t n_ids;
+} run_state;
+
+static int on_piece(void *ud, const char *text, size_t len)
+{
+    run_state *s = ud;
+    if (!s->ids && len) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+        s->any_output = true;
+        s->last = text[len - 1];
+    }
+    return interrupted;
+}
+
+static int on_token(void *ud, int32_t id)
+{
+    run_state *s = ud;
+    if (s->ids) {
+        printf(s->n_ids ? " %d" : "%d", id);
+        fflush(stdout);
+        s->any_output = true;
+        s->last = ' ';
+    }
+    s->n_ids++;
+    return interrupted;
+}
+
+static void print_ids(const char *what, const gm_prompt *p)
+{
+    fprintf(stderr, "%s: %s (%d positions):", prog, what, p->n_positions);
+    for (size_t s = 0; s < p->n_spans; s++) {
+        const gm_span *sp = &p->spans[s];
+        if (sp->type != GM_SPAN_TEXT) {
+            fprintf(stderr, " [media x%d]", sp->n);
+            continue;
+        }
+        for (int32_t i = 0; i < sp->n; i++)
+            fprintf(stderr, " %d", sp->ids[i]);
+    }
+    fprintf(stderr, "\n");
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc != 0) {
+        free(o.joined_prompt);
+        return rc;
+    }
+    if (o.tokenize) {
+        rc = run_tokenize(&o);
+        free(o.joined_prompt);
+        return rc;
+    }
+
+    gm_error err = { 0 };
+    gm_pool *pool = NULL;
+    gm_model *model = NULL;
+    gm_tokenizer *tok = NULL;
+    gm_context *ctx = NULL;
+    gm_prompt prompt;
+    gm_prompt_init(&prompt);
+    int exit_code = TOOL_EXIT_OK;
+
+    double t_load0 = tool_now();
+    model = gm_model_load(o.model, &err);
+    if (!model) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        exit_code = TOOL_EXIT_LOAD;
+        goto out;
+    }
+    double load_s = tool_now() - t_load0;
+    tok = gm_tokenizer_load(model->gguf, &err);
+    if (!tok) {
+        fprintf(stderr, "%s: %s: %s\n", prog, o.model, err.msg);
+        exit_code = TOOL_EXIT_LOAD;
+        goto out;
+    }
+    if (o.mmproj) {
+        gm_gguf *mm = gm_gguf_open(o.mmproj, &err);
+        if (!mm) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+        char *arch = NULL;
+        if (gm_gguf_get_str(mm, "general.architecture", &arch, &err) != GM_OK || strcmp(arch, "clip") != 0) {
+            fprintf(stderr, "%s: %s: not a multimodal projector (general.architecture is %s%s%s, expected "
+                    "\"clip\")\n", prog, o.mmproj, arch ? "\"" : "", arch ? arch : "missing", arch ? "\"" : "");
+            free(arch);
+            gm_gguf_close(mm);
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+        free(arch);
+        gm_gguf_close(mm);
+        if (!o.quiet)
+            fprintf(stderr, "%s: %s is a valid mmproj GGUF, but this version has no vision or audio "
+                    "encoder yet: only text prompts are run\n", prog, o.mmproj);
+    }
+
+    pool = gm_pool_create((int)o.threads);
+    if (!pool) {
+        fprintf(stderr, "%s: cannot create %ld worker threads\n", prog, o.threads);
+        exit_code = TOOL_EXIT_RUNTIME;
+        goto out;
+    }
+    gm_context_params cp = { .n_ctx = (int32_t)o.ctx, .n_batch = (int32_t)o.batch, .pool = pool };
+    ctx = gm_context_new(model, &cp, &err);
+    if (!ctx) {
+        fprintf(stderr, "%s: %s: creating the context: %s\n", prog, o.model, err.msg);
+        exit_code = TOOL_EXIT_RUNTIME;
+        goto out;
+    }
+
+    if (build_prompt(&o, model, tok, &prompt, &err) != GM_OK) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        exit_code = err.code == GM_ERR_INVALID && o.tokens ? TOOL_EXIT_USAGE : TOOL_EXIT_RUNTIME;
+        goto out;
+    }
+    uint64_t seed = o.seed_set ? (uint64_t)o.seed : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    if (o.verbose) {
+        char desc[1024];
+        gm_model_describe(model, desc, sizeof desc);
+        fprintf(stderr, "%s: %s\n%s: %s\n", prog, o.model, prog, desc);
+        fprintf(stderr, "%s: threads %d, isa %s, cpu: %s, n_ctx %d, seed %llu\n", prog, gm_pool_size(pool),
+                gm_isa_name(gm_cpu_best_isa()), gm_cpu_describe(), gm_context_n_ctx(ctx),
+                (unsigned long long)seed);
+        print_ids("prompt", &prompt);
+    }
+    if (prompt.n_positions > gm_context_n_ctx(ctx)) {
+        fprintf(stderr, "%s: the prompt has %d positions, more than the context (%d; see --ctx)\n", prog,
+                prompt.n_positions, gm_context_n_ctx(ctx));
+        exit_code = TOOL_EXIT_RUNTIME;
+        goto out;
+    }
+
+    double dump_s = 0;
+    if (o.dump_logits) {
+        if (dump_logits(&o, ctx, &prompt, (int32_t)model->hp.n_vocab, &dump_s, &err) != GM_OK) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            exit_code = TOOL_EXIT_RUNTIME;
+            goto out;
+        }
+        if (!o.quiet)
+            fprintf(stderr, "%s: wrote %d x %u logits to %s (prompt eval %.1f ms)\n", prog, prompt.n_positions,
+                    model->hp.n_vocab, o.dump_logits, dump_s * 1e3);
+    }
+
+    gm_generate_result res = { 0 };
+    run_state st = { .ids = o.ids };
+    if (o.max_tokens != 0) {
+        gm_generate_params gp = {
+            .sampling = gm_sampler_default_params(),
+            .max_tokens = o.max_tokens < 0 ? 0 : (int32_t)o.max_tokens,
+            .stop_strings = o.stop,
+            .n_stop_strings = o.n_stop,
+            .render_special = o.special,
+            .reuse_prefix = o.dump_logits != NULL,
+        };
+        gp.sampling.temperature = (float)o.temp;
+        gp.sampling.top_k = (int32_t)o.top_k;
+        gp.sampling.top_p = (float)o.top_p;
+        gp.sampling.min_p = (float)o.min_p;
+        gp.sampling.repeat_penalty = (float)o.repeat_penalty;
+        gp.sampling.repeat_last_n = (int32_t)o.repeat_last_n;
+        gp.sampling.presence_penalty = (float)o.presence;
+        gp.sampling.frequency_penalty = (float)o.frequency;
+        gp.sampling.seed = seed;
+
+        signal(SIGINT, on_sigint);
+        rc = gm_generate(ctx, tok, &prompt, &gp, on_piece, on_token, &st, &res, &err);
+        signal(SIGINT, SIG_DFL);
+        if (st.any_output && st.last != '\n')
+            fputc('\n', stdout);
+        fflush(stdout);
+        if (rc != GM_OK || res.stop_reason == GM_STOP_ERROR) {
+            fprintf(stderr, "%s: generation failed: %s\n", prog, err.msg[0] ? err.msg : "unknown error");
+            exit_code = TOOL_EXIT_RUNTIME;
+            goto out;
+        }
+    }
+
+    if (!o.quiet) {
+        long rss = tool_rss_kib();
+        fprintf(stderr, "%s: load %.1f ms, RSS %.1f MiB", prog, load_s * 1e3, rss > 0 ? (double)rss / 1024.0 : 0.0);
+        if (o.max_tokens != 0) {
+            int32_t n_eval = res.n_prompt - res.n_prompt_reused;
+            fprintf(stderr, " | prompt %d tokens", res.n_prompt);
+            if (res.n_prompt_reused)
+                fprintf(stderr, " (%d reused)", res.n_prompt_reused);
+            fprintf(stderr, " %.1f ms (%.2f t/s)", res.prefill_seconds * 1e3,
+                    res.prefill_seconds > 0 ? n_eval / res.prefill_seconds : 0.0);
+            fprintf(stderr, " | generated %d tokens %.1f ms (%.2f t/s) | stop: %s", res.n_generated,
+                    res.decode_seconds * 1e3, res.decode_seconds > 0 ? res.n_generated / res.decode_seconds : 0.0,
+                    gm_stop_reason_name(res.stop_reason));
+        } else if (o.dump_logits) {
+            fprintf(stderr, " | prompt %d tokens %.1f ms (%.2f t/s)", prompt.n_positions, dump_s * 1e3,
+                    dump_s > 0 ? prompt.n_positions / dump_s : 0.0);
+        }
+        fprintf(stderr, "\n");
+    }
+
+out:
+    gm_prompt_free(&prompt);
+    gm_context_free(ctx);
+    gm_pool_destroy(pool);
+    gm_tokenizer_free(tok);
+    gm_model_free(model);
+    free(o.joined_prompt);
+    return exit_code;
+}

@@ -1,0 +1,1434 @@
+/* synth-model.c — synthetic Gemma 4 text GGUFs with seeded weights (see synth-model.h).
+ *
+ * Names, shapes (ggml order), dtypes and metadata follow llama.cpp's converter
+ * (gguf-format.md §1.2-1.5), so the files load like converted checkpoints.
+ *
+ * Every weight is a pure function of (seed, tensor name, element index): a splitmix64
+ * hash of a per-tensor key plus the element counter. Rows can therefore be generated
+ * by any number of threads in any order and the result is the same, and the same seed
+ * gives the same underlying values whatever the storage type.
+ *
+ * Files are streamed tensor by tensor; only one tensor's bytes are in memory at a time
+ * (tensors above BIG_TENSOR_BYTES go through an unlinked temporary file mapping so the
+ * kernel can write them back instead of holding them in RAM).
+ */
+#include "synth-model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/gguf.h"
+#include "core/pool.h"
+#include "core/quant.h"
+#include "decoder/tokenizer.h"
+
+#define GOLDEN 0x9E3779B97F4A7C15ull
+#define BIG_TENSOR_BYTES ((size_t)2 << 30)
+#define CONTEXT_LENGTH 131072u
+#define RMS_EPS 1e-6f
+
+/* ------------------------------------------------------------------------------------ */
+/* Counter-based random numbers                                                          */
+
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Approximately N(0, 1): sum of four 16-bit uniforms (Irwin-Hall, bounded at ±3.46),
+ * one hash per value; far cheaper than Box-Muller for billions of weights. */
+static inline float gauss_from(uint64_t h)
+{
+    uint32_t s = (uint32_t)(h & 0xFFFF) + (uint32_t)((h >> 16) & 0xFFFF) +
+                 (uint32_t)((h >> 32) & 0xFFFF) + (uint32_t)(h >> 48);
+    return ((float)s - 131070.0f) * (1.7320508f / 65536.0f);
+}
+
+static inline float uniform_from(uint64_t h)
+{
+    return (float)(h >> 40) * (1.0f / 16777216.0f);
+}
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (; *s; s++) {
+        h ^= (uint8_t)*s;
+        h *= 0x100000001B3ull;
+    }
+    return h;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Types                                                                                 */
+
+static bool type_is_writable(gm_type t)
+{
+    switch (t) {
+    case GM_TYPE_F32: case GM_TYPE_F16: case GM_TYPE_BF16:
+    case GM_TYPE_Q4_0: case GM_TYPE_Q4_1: case GM_TYPE_Q5_0: case GM_TYPE_Q8_0:
+    case GM_TYPE_Q4_K: case GM_TYPE_Q5_K: case GM_TYPE_Q6_K:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Like llama-quantize: a row length that does not fit the type's blocks falls back to
+ * Q8_0, then F16. */
+static gm_type matrix_type_for(gm_type want, int64_t ne0)
+{
+    if (gm_row_size(want, ne0) != 0)
+        return want;
+    if (gm_row_size(GM_TYPE_Q8_0, ne0) != 0)
+        return GM_TYPE_Q8_0;
+    return GM_TYPE_F16;
+}
+
+/* llama_ftype stored as general.file_type (informational). */
+static uint32_t llama_ftype(gm_type t)
+{
+    switch (t) {
+    case GM_TYPE_F32: return 0;
+    case GM_TYPE_F16: return 1;
+    case GM_TYPE_Q4_0: return 2;
+    case GM_TYPE_Q4_1: return 3;
+    case GM_TYPE_Q8_0: return 7;
+    case GM_TYPE_Q5_0: return 8;
+    case GM_TYPE_Q4_K: return 14; /* Q4_K_S */
+    case GM_TYPE_Q5_K: return 16; /* Q5_K_S */
+    case GM_TYPE_Q6_K: return 18;
+    case GM_TYPE_BF16: return 32;
+    default: return 0;
+    }
+}
+
+/* Converts one row of floats to `type`. Returns 0 or -1 (unsupported). */
+static int convert_row(gm_type type, const float *src, void *dst, int64_t n)
+{
+    switch (type) {
+    case GM_TYPE_F32:
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return 0;
+    case GM_TYPE_F16: {
+        gm_fp16 *d = dst;
+        for (int64_t i = 0; i < n; i++)
+            d[i] = gm_fp32_to_fp16(src[i]);
+        return 0;
+    }
+    case GM_TYPE_BF16: {
+        gm_bf16 *d = dst;
+        for (int64_t i = 0; i < n; i++)
+            d[i] = gm_fp32_to_bf16(src[i]);
+        return 0;
+    }
+    default:
+        return gm_quantize_row(type, src, dst, n);
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Output buffers: one tensor at a time                                                  */
+
+typedef struct tbuf {
+    uint8_t *p;
+    size_t n;
+    int fd;       /* >= 0: a temporary file backs the mapping */
+    bool mapped;
+    bool borrowed; /* points into someone else's memory (an input mapping): not freed */
+} tbuf;
+
+static void dir_of(const char *path, char *out, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, cap, ".");
+    else if (slash == path)
+        snprintf(out, cap, "/");
+    else
+        snprintf(out, cap, "%.*s", (int)(slash - path), path);
+}
+
+static int tbuf_alloc(tbuf *b, size_t n, const char *out_path, gm_error *err)
+{
+    b->p = NULL;
+    b->n = n;
+    b->fd = -1;
+    b->mapped = false;
+    b->borrowed = false;
+    if (n == 0)
+        n = 1;
+    if (n < BIG_TENSOR_BYTES) {
+        b->p = malloc(n);
+        if (!b->p)
+            return gm_set_error(err, GM_ERR_NOMEM, "out of memory for a %zu-byte tensor", n);
+        return GM_OK;
+    }
+    /* Huge tensor: back it by an unlinked file beside the output so the kernel can page
+     * it out instead of keeping gigabytes resident. */
+    char dir[4096];
+    dir_of(out_path, dir, sizeof dir);
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        char tmpl[4200];
+        snprintf(tmpl, sizeof tmpl, "%s/.gemma-synth-XXXXXX", dir);
+        fd = mkstemp(tmpl);
+        if (fd >= 0)
+            unlink(tmpl);
+    }
+    if (fd < 0)
+        return gm_set_error(err, GM_ERR_IO, "%s: cannot create a temporary file: %s", dir, strerror(errno));
+    if (ftruncate(fd, (off_t)n) != 0) {
+        int e = errno;
+        close(fd);
+        return gm_set_error(err, GM_ERR_IO, "%s: cannot size a %zu-byte temporary file: %s", dir, n,
+                            strerror(e));
+    }
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return gm_set_error(err, GM_ERR_IO, "%s: cannot map a %zu-byte temporary file: %s", dir, n,
+                            strerror(e));
+    }
+    b->p = p;
+    b->fd = fd;
+    b->mapped = true;
+    return GM_OK;
+}
+
+static void tbuf_free(tbuf *b)
+{
+    if (b->borrowed) {
+        /* Done with these input pages: drop them from our mapping (they stay in the page
+         * cache), so converting a 10 GB file does not show 10 GB resident. */
+        long page = sysconf(_SC_PAGESIZE);
+        uintptr_t lo = ((uintptr_t)b->p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+        uintptr_t hi = ((uintptr_t)b->p + b->n) & ~((uintptr_t)page - 1);
+        if (hi > lo)
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    } else if (b->mapped) {
+        munmap(b->p, b->n);
+        close(b->fd);
+    } else {
+        free(b->p);
+    }
+    b->p = NULL;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Writer thread: streams tensor i while the pool generates tensor i+1                  */
+
+typedef struct wthread {
+    pthread_t th;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    gm_gguf_writer *w;
+    tbuf pending;
+    bool has_pending, quit;
+    int rc;
+    gm_error err;
+} wthread;
+
+static void *wthread_main(void *arg)
+{
+    wthread *t = arg;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (!t->has_pending && !t->quit)
+            pthread_cond_wait(&t->cv, &t->mu);
+        if (!t->has_pending)
+            break;
+        tbuf b = t->pending;
+        bool skip = t->rc != GM_OK;
+        pthread_mutex_unlock(&t->mu);
+        gm_error e = { 0 };
+        int rc = skip ? GM_OK : gm_gguf_writer_stream_tensor(t->w, b.p, &e);
+        tbuf_free(&b);
+        pthread_mutex_lock(&t->mu);
+        if (rc != GM_OK && t->rc == GM_OK) {
+            t->rc = rc;
+            t->err = e;
+        }
+        t->has_pending = false;
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+static int wthread_start(wthread *t, gm_gguf_writer *w, gm_error *err)
+{
+    memset(t, 0, sizeof *t);
+    t->w = w;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    if (pthread_create(&t->th, NULL, wthread_main, t) != 0) {
+        pthread_mutex_destroy(&t->mu);
+        pthread_cond_destroy(&t->cv);
+        return gm_set_error(err, GM_ERR_NOMEM, "cannot start the writer thread");
+    }
+    t->started = true;
+    return GM_OK;
+}
+
+/* Hands a filled buffer to the writer (which frees it), after the previous one is
+ * written. On an earlier write error the buffer is freed and that error returned. */
+static int wthread_submit(wthread *t, tbuf *b, gm_error *err)
+{
+    pthread_mutex_lock(&t->mu);
+    while (t->has_pending)
+        pthread_cond_wait(&t->cv, &t->mu);
+    int rc = t->rc;
+    if (rc == GM_OK) {
+        t->pending = *b;
+        t->has_pending = true;
+        pthread_cond_broadcast(&t->cv);
+    } else if (err) {
+        *err = t->err;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (rc != GM_OK)
+        tbuf_free(b);
+    return rc;
+}
+
+/* Waits for the last buffer and stops the thread; returns the first write error. */
+static int wthread_stop(wthread *t, gm_error *err)
+{
+    if (!t->started)
+        return GM_OK;
+    pthread_mutex_lock(&t->mu);
+    while (t->has_pending)
+        pthread_cond_wait(&t->cv, &t->mu);
+    t->quit = true;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    pthread_join(t->th, NULL);
+    t->started = false;
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    if (t->rc != GM_OK && err)
+        *err = t->err;
+    return t->rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Tensor table                                                                          */
+
+enum init_kind {
+    INIT_NORMAL,   /* a * N(0,1) */
+    INIT_NORM,     /* a * (1 + b * N(0,1)) */
+    INIT_UNIFORM,  /* a + (b - a) * U(0,1) */
+    INIT_ROPE,     /* 1.0 for index < a, 1e30 after */
+};
+
+typedef struct stensor {
+    char name[96];
+    gm_type type;
+    uint32_t n_dims;
+    int64_t ne[2];
+    enum init_kind kind;
+    float a, b;
+    uint64_t key;
+} stensor;
+
+typedef struct tlist {
+    stensor *v;
+    size_t n, cap;
+} tlist;
+
+static stensor *tlist_push(tlist *l, const char *name, gm_error *err)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        stensor *v = realloc(l->v, cap * sizeof *v);
+        if (!v) {
+            gm_set_error(err, GM_ERR_NOMEM, "out of memory for the tensor list");
+            return NULL;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    stensor *t = &l->v[l->n++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    return t;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Parallel row generation                                                               */
+
+typedef struct row_job {
+    /* generation (src == NULL) or conversion of an existing tensor */
+    const stensor *t;
+    const gm_gguf_tensor *src;
+    gm_type out_type;
+    int64_t ne0, n_rows;
+    size_t out_row_bytes;
+    uint8_t *dst;
+    float **scratch;     /* one row of floats per worker */
+    atomic_int failed;   /* set by any worker on a conversion error */
+} row_job;
+
+static void gen_row(const stensor *t, int64_t row, float *out)
+{
+    const int64_t ne0 = t->ne[0];
+    const uint64_t base = t->key + (uint64_t)(row * ne0) * GOLDEN;
+    switch (t->kind) {
+    case INIT_NORMAL:
+        for (int64_t c = 0; c < ne0; c++)
+            out[c] = t->a * gauss_from(mix64(base + (uint64_t)c * GOLDEN));
+        break;
+    case INIT_NORM:
+        for (int64_t c = 0; c < ne0; c++)
+            out[c] = t->a * (1.0f + t->b * gauss_from(mix64(base + (uint64_t)c * GOLDEN)));
+        break;
+    case INIT_UNIFORM:
+        for (int64_t c = 0; c < ne0; c++)
+            out[c] = t->a + (t->b - t->a) * uniform_from(mix64(base + (uint64_t)c * GOLDEN));
+        break;
+    case INIT_ROPE:
+        for (int64_t c = 0; c < ne0; c++)
+            out[c] = (float)(row * ne0 + c) < t->a ? 1.0f : 1e30f;
+        break;
+    }
+}
+
+static void row_worker(void *ctx, int ith, int nth)
+{
+    row_job *job = ctx;
+    long r0, r1;
+    gm_pool_range((long)job->n_rows, ith, nth, &r0, &r1);
+    float *buf = job->scratch[ith];
+    for (long r = r0; r < r1 && !job->failed; r++) {
+        if (job->src) {
+            const uint8_t *src = (const uint8_t *)job->src->data +
+                                 (size_t)r * gm_row_size(job->src->type, job->ne0);
+            if (gm_dequantize_row(job->src->type, src, buf, job->ne0) != 0) {
+                job->failed = 1;
+                return;
+            }
+        } else {
+            gen_row(job->t, r, buf);
+        }
+        if (convert_row(job->out_type, buf, job->dst + (size_t)r * job->out_row_bytes, job->ne0) != 0) {
+            job->failed = 1;
+            return;
+        }
+    }
+}
+
+typedef struct runner {
+    gm_pool *pool;
+    int n_threads;
+    float **scratch;
+    int64_t scratch_n;
+} runner;
+
+static int runner_init(runner *r, int n_threads, int64_t max_row, gm_error *err)
+{
+    memset(r, 0, sizeof *r);
+    r->pool = gm_pool_create(n_threads);
+    if (!r->pool)
+        return gm_set_error(err, GM_ERR_NOMEM, "cannot create a thread pool");
+    r->n_threads = gm_pool_size(r->pool);
+    r->scratch = calloc((size_t)r->n_threads, sizeof *r->scratch);
+    if (!r->scratch)
+        return gm_set_error(err, GM_ERR_NOMEM, "out of memory");
+    r->scratch_n = max_row;
+    for (int i = 0; i < r->n_threads; i++) {
+        r->scratch[i] = malloc((size_t)max_row * sizeof(float));
+        if (!r->scratch[i])
+            return gm_set_error(err, GM_ERR_NOMEM, "out of memory");
+    }
+    return GM_OK;
+}
+
+static void runner_free(runner *r)
+{
+    if (r->scratch)
+        for (int i = 0; i < r->n_threads; i++)
+            free(r->scratch[i]);
+    free(r->scratch);
+    gm_pool_destroy(r->pool);
+    memset(r, 0, sizeof *r);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Generated vocabulary                                                                  */
+
+typedef struct vocab {
+    uint32_t n_vocab;
+    gm_gguf_str *tok;       /* ptr NULL = free slot */
+    int32_t *type;
+    uint32_t n_used;
+    uint32_t next_free;
+    gm_gguf_str *merges;
+    size_t n_merges, cap_merges;
+    /* string arena (chunks never move) */
+    char **chunks;
+    size_t n_chunks, cap_chunks;
+    size_t chunk_used, chunk_cap;
+    /* string -> id+1, open addressing */
+    uint32_t *slots;
+    uint32_t slot_mask;
+} vocab;
+
+static const char *vocab_store(vocab *v, const char *s, size_t len)
+{
+    if (!v->n_chunks || v->chunk_used + len + 1 > v->chunk_cap) {
+        size_t cap = len + 1 > (1u << 20) ? len + 1 : (1u << 20);
+        if (v->n_chunks == v->cap_chunks) {
+            size_t nc = v->cap_chunks ? 2 * v->cap_chunks : 16;
+            char **c = realloc(v->chunks, nc * sizeof *c);
+            if (!c)
+                return NULL;
+            v->chunks = c;
+            v->cap_chunks = nc;
+        }
+        char *chunk = malloc(cap);
+        if (!chunk)
+            return NULL;
+        v->chunks[v->n_chunks++] = chunk;
+        v->chunk_used = 0;
+        v->chunk_cap = cap;
+    }
+    char *p = v->chunks[v->n_chunks - 1] + v->chunk_used;
+    memcpy(p, s, len);
+    p[len] = '\0';
+    v->chunk_used += len + 1;
+    return p;
+}
+
+static uint64_t hash_bytes(const char *s, size_t len)
+{
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)s[i];
+        h *= 0x100000001B3ull;
+    }
+    return h;
+}
+
+/* Returns the slot for s: holding its id+1, or 0 (free). */
+static uint32_t *vocab_slot(vocab *v, const char *s, size_t len)
+{
+    uint32_t i = (uint32_t)mix64(hash_bytes(s, len)) & v->slot_mask;
+    for (;;) {
+        uint32_t e = v->slots[i];
+        if (e == 0)
+            return &v->slots[i];
+        const gm_gguf_str *t = &v->tok[e - 1];
+        if (t->len == len && memcmp(t->ptr, s, len) == 0)
+            return &v->slots[i];
+        i = (i + 1) & v->slot_mask;
+    }
+}
+
+static int32_t vocab_find(vocab *v, const char *s, size_t len)
+{
+    uint32_t e = *vocab_slot(v, s, len);
+    return e ? (int32_t)e - 1 : -1;
+}
+
+/* Puts s at id (or at the next free id when id < 0). Returns the id, -1 when s already
+ * exists or the vocabulary is full, -2 when out of memory. */
+static int32_t vocab_put(vocab *v, const char *s, size_t len, int32_t type, int32_t id)
+{
+    uint32_t *slot = vocab_slot(v, s, len);
+    if (*slot)
+        return -1;
+    if (id < 0) {
+        while (v->next_free < v->n_vocab && v->tok[v->next_free].ptr)
+            v->next_free++;
+        if (v->next_free >= v->n_vocab)
+            return -1;
+        id = (int32_t)v->next_free;
+    }
+    if ((uint32_t)id >= v->n_vocab || v->tok[id].ptr)
+        return -1;
+    const char *p = vocab_store(v, s, len);
+    if (!p)
+        return -2;
+    v->tok[id].ptr = p;
+    v->tok[id].len = len;
+    v->type[id] = type;
+    *slot = (uint32_t)id + 1;
+    v->n_used++;
+    return id;
+}
+
+static int vocab_add_merge(vocab *v, const char *l, size_t ll, const char *r, size_t rl)
+{
+    if (v->n_merges == v->cap_merges) {
+        size_t cap = v->cap_merges ? 2 * v->cap_merges : 1024;
+        gm_gguf_str *m = realloc(v->merges, cap * sizeof *m);
+        if (!m)
+            return -1;
+        v->merges = m;
+        v->cap_merges = cap;
+    }
+    char tmp[256];
+    if (ll + rl + 1 > sizeof tmp)
+        return -1;
+    memcpy(tmp, l, ll);
+    tmp[ll] = ' ';
+    memcpy(tmp + ll + 1, r, rl);
+    const char *p = vocab_store(v, tmp, ll + rl + 1);
+    if (!p)
+        return -1;
+    v->merges[v->n_merges].ptr = p;
+    v->merges[v->n_merges].len = ll + rl + 1;
+    v->n_merges++;
+    return 0;
+}
+
+static size_t utf8_len(unsigned char c)
+{
+    if (c < 0x80) return 1;
+    if ((c & 0xE0) == 0xC0) return 2;
+    if ((c & 0xF0) == 0xE0) return 3;
+    if ((c & 0xF8) == 0xF0) return 4;
+    return 1;
+}
+
+/* Adds word and each of its prefixes as NORMAL tokens, with the merges "prefix char"
+ * that build them: a consistent BPE in which every merge result is a token.
+ * Returns 0, 1 when the vocabulary is full, -1 on out of memory. */
+static int vocab_add_chain(vocab *v, const char *w)
+{
+    size_t n = strlen(w);
+    size_t pl = utf8_len((unsigned char)w[0]);
+    if (pl > n)
+        return 0;
+    if (vocab_find(v, w, pl) < 0) {
+        int32_t r = vocab_put(v, w, pl, GM_TOKEN_NORMAL, -1);
+        if (r == -2) return -1;
+        if (r < 0) return 1;
+    }
+    while (pl < n) {
+        size_t cl = utf8_len((unsigned char)w[pl]);
+        if (pl + cl > n)
+            break;
+        if (vocab_find(v, w + pl, cl) < 0) {
+            int32_t r = vocab_put(v, w + pl, cl, GM_TOKEN_NORMAL, -1);
+            if (r == -2) return -1;
+            if (r < 0) return 1;
+        }
+        if (vocab_find(v, w, pl + cl) < 0) {
+            int32_t r = vocab_put(v, w, pl + cl, GM_TOKEN_NORMAL, -1);
+            if (r == -2) return -1;
+            if (r < 0) return 1;
+            if (vocab_add_merge(v, w, pl, w + pl, cl) != 0)
+                return -1;
+        }
+        pl += cl;
+    }
+    return 0;
+}
+
+static void vocab_free(vocab *v)
+{
+    for (size_t i = 0; i < v->n_chunks; i++)
+        free(v->chunks[i]);
+    free(v->chunks);
+    free(v->tok);
+    free(v->type);
+    free(v->merges);
+    free(v->slots);
+    memset(v, 0, sizeof *v);
+}
+
+#define SPACE "\xE2\x96\x81" /* U+2581, how the Gemma tokenizers spell a space */
+
+struct special_tok {
+    const char *text;
+    int32_t real_id;   /* its id in the real Gemma 4 vocabulary */
+    int32_t type;
+};
+
+static const struct special_tok specials[] = {
+    { "<pad>", 0, GM_TOKEN_CONTROL },
+    { "<eos>", 1, GM_TOKEN_CONTROL },
+    { "<bos>", 2, GM_TOKEN_CONTROL },
+    { "<unk>", 3, GM_TOKEN_CONTROL },
+    { "<mask>", 4, GM_TOKEN_CONTROL },
+    { "<|tool>", 46, GM_TOKEN_CONTROL },
+    { "<tool|>", 47, GM_TOKEN_CONTROL },
+    { "<|tool_call>", 48, GM_TOKEN_USER_DEFINED },
+    { "<tool_call|>", 49, GM_TOKEN_USER_DEFINED },
+    { "<|tool_response>", 50, GM_TOKEN_USER_DEFINED },
+    { "<tool_response|>", 51, GM_TOKEN_USER_DEFINED },
+    { "<|\"|>", 52, GM_TOKEN_USER_DEFINED },
+    { "<|think|>", 98, GM_TOKEN_CONTROL },
+    { "<|channel>", 100, GM_TOKEN_USER_DEFINED },
+    { "<channel|>", 101, GM_TOKEN_USER_DEFINED },
+    { "<|turn>", 105, GM_TOKEN_CONTROL },
+    { "<turn|>", 106, GM_TOKEN_CONTROL },
+    { "\n", 107, GM_TOKEN_NORMAL },
+    { "\n\n", 108, GM_TOKEN_NORMAL },
+    { "<|image>", 255999, GM_TOKEN_CONTROL },
+    { "<|audio>", 256000, GM_TOKEN_CONTROL },
+    { "<|image|>", 258880, GM_TOKEN_CONTROL },
+    { "<|audio|>", 258881, GM_TOKEN_CONTROL },
+    { "<image|>", 258882, GM_TOKEN_CONTROL },
+    { "<audio|>", 258883, GM_TOKEN_CONTROL },
+    { "<|video|>", 258884, GM_TOKEN_CONTROL },
+};
+#define N_SPECIALS (sizeof specials / sizeof specials[0])
+#define REAL_LAYOUT_MIN 258885u   /* every real special id fits */
+#define REAL_BYTE_BASE 238
+
+static const char *const chain_words[] = {
+    SPACE "the", SPACE "hello", SPACE "world", "user", "model", SPACE "is", SPACE "a", SPACE "of", SPACE "and", SPACE "to", SPACE "in",
+    SPACE "it", SPACE "you", SPACE "I", SPACE "that", SPACE "what", SPACE "this", SPACE "model", SPACE "user",
+    SPACE "Gemma", SPACE "can", SPACE "help", SPACE "with", SPACE "image", SPACE "audio", SPACE "text",
+    "hello", "the", "system", "ing", "ed", "er", "es", "thought",
+};
+
+/* Builds the generated vocabulary. Small sizes pack everything densely; from
+ * REAL_LAYOUT_MIN on, special and byte tokens sit at their real Gemma 4 ids. */
+static int vocab_build(vocab *v, uint32_t n_vocab, gm_error *err)
+{
+    memset(v, 0, sizeof *v);
+    const uint32_t n_base = (uint32_t)N_SPECIALS + 256 + 32;
+    if (n_vocab < n_base)
+        return gm_set_error(err, GM_ERR_INVALID,
+                            "generated vocabulary: n_vocab %u is below the minimum %u (special, byte and "
+                            "letter tokens)", n_vocab, n_base);
+    v->n_vocab = n_vocab;
+    v->tok = calloc(n_vocab, sizeof *v->tok);
+    v->type = calloc(n_vocab, sizeof *v->type);
+    uint32_t cap = 1;
+    while (cap < 2u * n_vocab)
+        cap <<= 1;
+    v->slots = calloc(cap, sizeof *v->slots);
+    v->slot_mask = cap - 1;
+    if (!v->tok || !v->type || !v->slots)
+        goto oom;
+
+    const bool real = n_vocab >= REAL_LAYOUT_MIN;
+    for (size_t i = 0; i < N_SPECIALS; i++)
+        if (vocab_put(v, specials[i].text, strlen(specials[i].text), specials[i].type,
+                      real ? specials[i].real_id : -1) < 0)
+            goto oom;
+    for (int b = 0; b < 256; b++) {
+        char s[8];
+        snprintf(s, sizeof s, "<0x%02X>", b);
+        if (vocab_put(v, s, strlen(s), GM_TOKEN_BYTE, real ? REAL_BYTE_BASE + b : -1) < 0)
+            goto oom;
+    }
+    if (real) {
+        /* The real vocabulary's unused slots below the first byte token. */
+        int k = 0;
+        for (uint32_t id = 5; id < REAL_BYTE_BASE; id++) {
+            if (v->tok[id].ptr)
+                continue;
+            if (id > 108 && id < REAL_BYTE_BASE)
+                break; /* 109.. are ordinary tokens in the real file */
+            char s[32];
+            snprintf(s, sizeof s, "<unused%d>", k++);
+            if (vocab_put(v, s, strlen(s), GM_TOKEN_NORMAL, (int32_t)id) < 0)
+                goto oom;
+        }
+    }
+    /* Base characters (single symbols, no merges). */
+    const char *base1 = " abcdefghijklmnopqrstuvwxyz.,!?'";
+    for (const char *c = base1; *c; c++) {
+        const char *s = *c == ' ' ? SPACE : c;
+        size_t len = *c == ' ' ? 3 : 1;
+        if (vocab_put(v, s, len, GM_TOKEN_NORMAL, -1) == -2)
+            goto oom;
+    }
+    if (n_vocab >= 4096) {
+        const char *base2 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-:;\"()";
+        for (const char *c = base2; *c; c++)
+            if (vocab_put(v, c, 1, GM_TOKEN_NORMAL, -1) == -2)
+                goto oom;
+    }
+    for (size_t i = 0; i < sizeof chain_words / sizeof chain_words[0]; i++) {
+        int r = vocab_add_chain(v, chain_words[i]);
+        if (r < 0)
+            goto oom;
+        if (r > 0)
+            break;
+    }
+    /* Fill the rest with two enumerations of lower-case strings, "▁a, ▁b, ..., ▁aa, ..."
+     * and "aa, ab, ...", alternating. Each string's prefix came earlier, so one token and
+     * one merge per new string. */
+    char cur[2][16] = { "a", "a" };
+    size_t curlen[2] = { 1, 1 };
+    int stream = 0;
+    while (v->n_used < n_vocab) {
+        char w[32];
+        int s = stream;
+        stream ^= 1;
+        if (s == 0) {
+            memcpy(w, SPACE, 3);
+            memcpy(w + 3, cur[0], curlen[0]);
+            w[3 + curlen[0]] = '\0';
+        } else {
+            memcpy(w, cur[1], curlen[1]);
+            w[curlen[1]] = '\0';
+        }
+        if (vocab_add_chain(v, w) < 0)
+            goto oom;
+        /* odometer increment */
+        int i = (int)curlen[s] - 1;
+        while (i >= 0 && cur[s][i] == 'z') {
+            cur[s][i] = 'a';
+            i--;
+        }
+        if (i >= 0) {
+            cur[s][i]++;
+        } else {
+            if (curlen[s] + 1 >= sizeof cur[s]) {
+                vocab_free(v);
+                return gm_set_error(err, GM_ERR_INVALID, "generated vocabulary: n_vocab %u too large", n_vocab);
+            }
+            cur[s][curlen[s]++] = 'a';
+            cur[s][curlen[s]] = '\0';
+        }
+    }
+    return GM_OK;
+oom:
+    vocab_free(v);
+    return gm_set_error(err, GM_ERR_NOMEM, "out of memory building the generated vocabulary");
+}
+
+static int add_generated_vocab(gm_gguf_writer *w, uint32_t n_vocab, gm_error *err)
+{
+    vocab v;
+    int rc = vocab_build(&v, n_vocab, err);
+    if (rc != GM_OK)
+        return rc;
+    float *scores = malloc((size_t)n_vocab * sizeof *scores);
+    if (!scores) {
+        vocab_free(&v);
+        return gm_set_error(err, GM_ERR_NOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < n_vocab; i++)
+        scores[i] = -1000.0f;
+    gm_gguf_add_str(w, "tokenizer.ggml.model", "gemma4");
+    gm_gguf_add_arr_str(w, "tokenizer.ggml.tokens", v.tok, n_vocab);
+    gm_gguf_add_arr_f32(w, "tokenizer.ggml.scores", scores, n_vocab);
+    gm_gguf_add_arr_i32(w, "tokenizer.ggml.token_type", v.type, n_vocab);
+    gm_gguf_add_arr_str(w, "tokenizer.ggml.merges", v.merges, v.n_merges);
+    gm_gguf_add_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)vocab_find(&v, "<bos>", 5));
+    gm_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)vocab_find(&v, "<eos>", 5));
+    gm_gguf_add_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)vocab_find(&v, "<unk>", 5));
+    gm_gguf_add_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)vocab_find(&v, "<pad>", 5));
+    gm_gguf_add_u32(w, "tokenizer.ggml.mask_token_id", (uint32_t)vocab_find(&v, "<mask>", 6));
+    gm_gguf_add_bool(w, "tokenizer.ggml.add_space_prefix", false);
+    gm_gguf_add_bool(w, "tokenizer.ggml.add_bos_token", true);
+    free(scores);
+    /* The writer copies keys when they are added, so the vocabulary can go. */
+    vocab_free(&v);
+    return GM_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Presets                                                                               */
+
+static void preset_common(gm_synth_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->rope_theta_swa = 10000.0f;
+    c->rope_theta_full = 1000000.0f;
+    c->partial_rotary = 0.25f;
+    c->final_softcap = 30.0f;
+    c->bidir = -1;
+    c->layer_scale = true;
+    c->seed = 1;
+    c->n_vocab = 262144;
+}
+
+int gm_synth_preset(const char *name, gm_synth_config *out)
+{
+    if (!name || !out)
+        return -1;
+    gm_synth_config c;
+    preset_common(&c);
+    if (strcmp(name, "e2b") == 0) {
+        snprintf(c.name, sizeof c.name, "Gemma 4 E2B (synthetic)");
+        c.n_embd = 1536;
+        c.n_layer = 35;
+        c.n_head = 8;
+        c.n_head_kv = 1;
+        c.head_dim_swa = 256;
+        c.head_dim_full = 512;
+        c.n_ff = 6144;
+        c.double_wide = true;
+        c.n_shared_kv = 20;
+        c.n_embd_per_layer = 256;
+        c.sliding_window = 512;
+        c.swa_period = 5;
+        c.wtype = GM_TYPE_Q4_0;
+        c.embd_type = GM_TYPE_Q4_0;
+    } else if (strcmp(name, "e4b") == 0) {
+        snprintf(c.name, sizeof c.name, "Gemma 4 E4B (synthetic)");
+        c.n_embd = 2560;
+        c.n_layer = 42;
+        c.n_head = 8;
+        c.n_head_kv = 2;
+        c.head_dim_swa = 256;
+        c.head_dim_full = 512;
+        c.n_ff = 10240;
+        c.double_wide = false;
+        c.n_shared_kv = 18;
+        c.n_embd_per_layer = 256;
+        c.sliding_window = 512;
+        c.swa_period = 6;
+        c.wtype = GM_TYPE_Q4_0;
+        c.embd_type = GM_TYPE_Q4_0;
+    } else if (strcmp(name, "tiny") == 0) {
+        /* The README's demo model: real vocabulary, small everything else. Layers
+         * S F S F with the last two KV-shared (reading layers 0 and 1). The embedding
+         * tables are Q4_0 to keep the file small: at 262144 rows they dominate it. */
+        snprintf(c.name, sizeof c.name, "Gemma 4 tiny (synthetic)");
+        c.n_embd = 64;
+        c.n_layer = 4;
+        c.n_head = 4;
+        c.n_head_kv = 2;
+        c.head_dim_swa = 32;
+        c.head_dim_full = 64;
+        c.n_ff = 256;
+        c.double_wide = true;
+        c.n_shared_kv = 2;
+        c.n_embd_per_layer = 16;
+        c.sliding_window = 32;
+        c.swa_period = 2;
+        c.wtype = GM_TYPE_Q8_0;
+        c.embd_type = GM_TYPE_Q4_0;
+    } else if (strcmp(name, "test") == 0) {
+        /* Unit-test model: layers S S F S S F; layers 4 (sliding) and 5 (full) share the
+         * KV of layers 3 and 2. */
+        snprintf(c.name, sizeof c.name, "Gemma 4 test (synthetic)");
+        c.n_vocab = 384;
+        c.n_embd = 64;
+        c.n_layer = 6;
+        c.n_head = 4;
+        c.n_head_kv = 2;
+        c.head_dim_swa = 16;
+        c.head_dim_full = 32;
+        c.n_ff = 128;
+        c.double_wide = true;
+        c.n_shared_kv = 2;
+        c.n_embd_per_layer = 8;
+        c.sliding_window = 8;
+        c.swa_period = 3;
+        c.wtype = GM_TYPE_F32;
+        c.embd_type = GM_TYPE_F32;
+    } else {
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Writing                                                                               */
+
+static bool layer_is_swa(const gm_synth_config *c, uint32_t il)
+{
+    if (il + 1 == c->n_layer)
+        return false; /* the last layer is always full attention */
+    if (c->swa_period == 0)
+        return true;
+    return (il + 1) % c->swa_period != 0;
+}
+
+static int validate(const gm_synth_config *c, gm_error *err)
+{
+#define BAD(...) return gm_set_error(err, GM_ERR_INVALID, __VA_ARGS__)
+    if (c->n_embd == 0 || c->n_layer == 0 || c->n_head == 0 || c->n_head_kv == 0 || c->n_ff == 0)
+        BAD("synthetic model: n_embd, n_layer, n_head, n_head_kv and n_ff must be positive");
+    if (c->n_layer > 4096 || c->n_embd > 65536 || c->n_ff > 262144 || c->n_head > 1024)
+        BAD("synthetic model: dimensions too large");
+    if (c->n_head % c->n_head_kv != 0)
+        BAD("synthetic model: n_head %u is not a multiple of n_head_kv %u", c->n_head, c->n_head_kv);
+    if (c->n_head_kv_full && c->n_head % c->n_head_kv_full != 0)
+        BAD("synthetic model: n_head %u is not a multiple of n_head_kv_full %u", c->n_head, c->n_head_kv_full);
+    if (c->head_dim_swa == 0 || c->head_dim_full == 0 || c->head_dim_swa % 2 || c->head_dim_full % 2)
+        BAD("synthetic model: head dims must be positive and even (%u, %u)", c->head_dim_swa, c->head_dim_full);
+    if (c->n_shared_kv >= c->n_layer)
+        BAD("synthetic model: n_shared_kv %u must be below n_layer %u", c->n_shared_kv, c->n_layer);
+    if (c->sliding_window == 0)
+        BAD("synthetic model: sliding_window must be positive");
+    if (!(c->partial_rotary >= 0.0f && c->partial_rotary <= 1.0f))
+        BAD("synthetic model: partial_rotary %g not in [0, 1]", (double)c->partial_rotary);
+    if (!(c->rope_theta_swa > 0.0f) || !(c->rope_theta_full > 0.0f))
+        BAD("synthetic model: rope thetas must be positive");
+    if (!type_is_writable(c->wtype))
+        BAD("synthetic model: weight type %s cannot be written", gm_type_name(c->wtype));
+    if (!type_is_writable(c->embd_type))
+        BAD("synthetic model: embedding type %s cannot be written", gm_type_name(c->embd_type));
+    if (c->bidir < -1 || c->bidir > 1)
+        BAD("synthetic model: bidir must be -1, 0 or 1");
+    if (c->n_embd_per_layer && (uint64_t)c->n_embd_per_layer * c->n_layer > (1u << 20))
+        BAD("synthetic model: PLE width too large");
+    /* Every KV-shared layer needs an earlier layer of its type with its own KV. */
+    uint32_t first_shared = c->n_layer - c->n_shared_kv;
+    for (uint32_t il = first_shared; il < c->n_layer; il++) {
+        bool found = false;
+        for (uint32_t j = 0; j < first_shared; j++)
+            if (layer_is_swa(c, j) == layer_is_swa(c, il))
+                found = true;
+        if (!found)
+            BAD("synthetic model: KV-shared layer %u (%s) has no earlier %s layer with its own KV", il,
+                layer_is_swa(c, il) ? "sliding" : "full", layer_is_swa(c, il) ? "sliding" : "full");
+    }
+    return GM_OK;
+#undef BAD
+}
+
+static uint32_t layer_ff(const gm_synth_config *c, uint32_t il)
+{
+    bool shared = il >= c->n_layer - c->n_shared_kv;
+    return c->double_wide && c->n_shared_kv > 0 && shared ? 2 * c->n_ff : c->n_ff;
+}
+
+static uint32_t layer_kv_heads(const gm_synth_config *c, uint32_t il)
+{
+    return !layer_is_swa(c, il) && c->n_head_kv_full ? c->n_head_kv_full : c->n_head_kv;
+}
+
+static void add_metadata(gm_gguf_writer *w, const gm_synth_config *c)
+{
+    const uint32_t L = c->n_layer;
+    gm_gguf_add_str(w, "general.architecture", "gemma4");
+    gm_gguf_add_str(w, "general.type", "model");
+    gm_gguf_add_str(w, "general.name", c->name[0] ? c->name : "Gemma 4 (synthetic)");
+    gm_gguf_add_u32(w, "general.file_type", llama_ftype(c->wtype));
+    gm_gguf_add_u32(w, "general.quantization_version", 2);
+    gm_gguf_add_u32(w, "gemma4.block_count", L);
+    gm_gguf_add_u32(w, "gemma4.context_length", CONTEXT_LENGTH);
+    gm_gguf_add_u32(w, "gemma4.embedding_length", c->n_embd);
+
+    int32_t *arr = malloc((size_t)L * sizeof *arr);
+    bool *pat = malloc((size_t)L * sizeof *pat);
+    if (c->double_wide && arr) {
+        for (uint32_t il = 0; il < L; il++)
+            arr[il] = (int32_t)layer_ff(c, il);
+        gm_gguf_add_arr_i32(w, "gemma4.feed_forward_length", arr, L);
+    } else {
+        gm_gguf_add_u32(w, "gemma4.feed_forward_length", c->n_ff);
+    }
+    gm_gguf_add_u32(w, "gemma4.attention.head_count", c->n_head);
+    if (c->n_head_kv_full && arr) {
+        for (uint32_t il = 0; il < L; il++)
+            arr[il] = (int32_t)layer_kv_heads(c, il);
+        gm_gguf_add_arr_i32(w, "gemma4.attention.head_count_kv", arr, L);
+    } else {
+        gm_gguf_add_u32(w, "gemma4.attention.head_count_kv", c->n_head_kv);
+    }
+    gm_gguf_add_f32(w, "gemma4.rope.freq_base", c->rope_theta_full);
+    gm_gguf_add_f32(w, "gemma4.rope.freq_base_swa", c->rope_theta_swa);
+    gm_gguf_add_f32(w, "gemma4.attention.layer_norm_rms_epsilon", RMS_EPS);
+    gm_gguf_add_u32(w, "gemma4.attention.key_length", c->head_dim_full);
+    gm_gguf_add_u32(w, "gemma4.attention.value_length", c->head_dim_full);
+    if (c->final_softcap > 0.0f)
+        gm_gguf_add_f32(w, "gemma4.final_logit_softcapping", c->final_softcap);
+    gm_gguf_add_u32(w, "gemma4.attention.sliding_window", c->sliding_window);
+    gm_gguf_add_u32(w, "gemma4.attention.shared_kv_layers", c->n_shared_kv);
+    gm_gguf_add_u32(w, "gemma4.embedding_length_per_layer_input", c->n_embd_per_layer);
+    if (pat) {
+        for (uint32_t il = 0; il < L; il++)
+            pat[il] = layer_is_swa(c, il);
+        gm_gguf_add_arr_bool(w, "gemma4.attention.sliding_window_pattern", pat, L);
+    }
+    gm_gguf_add_u32(w, "gemma4.attention.key_length_swa", c->head_dim_swa);
+    gm_gguf_add_u32(w, "gemma4.attention.value_length_swa", c->head_dim_swa);
+    gm_gguf_add_u32(w, "gemma4.rope.dimension_count", c->head_dim_full);
+    gm_gguf_add_u32(w, "gemma4.rope.dimension_count_swa", c->head_dim_swa);
+    if (c->bidir >= 0)
+        gm_gguf_add_str(w, "gemma4.use_bidirectional_attention", c->bidir ? "vision" : "none");
+    free(arr);
+    free(pat);
+}
+
+/* The tensor list in the converter's names, shapes (ggml order) and dtypes. */
+static int build_tensors(const gm_synth_config *c, uint32_t n_vocab, tlist *l, gm_error *err)
+{
+    const int64_t E = c->n_embd, P = c->n_embd_per_layer, L = c->n_layer;
+    const uint32_t first_shared = c->n_layer - c->n_shared_kv;
+    stensor *t;
+    char name[96];
+
+#define MATRIX(nm, in, out, wt) do { \
+        if (!(t = tlist_push(l, (nm), err))) return err ? err->code : GM_ERR_NOMEM; \
+        t->n_dims = 2; t->ne[0] = (in); t->ne[1] = (out); \
+        t->type = matrix_type_for((wt), (in)); \
+        t->kind = INIT_NORMAL; t->a = 1.0f / sqrtf((float)(in)); \
+    } while (0)
+#define VECTOR(nm, n, kd, pa, pb) do { \
+        if (!(t = tlist_push(l, (nm), err))) return err ? err->code : GM_ERR_NOMEM; \
+        t->n_dims = 1; t->ne[0] = (n); t->ne[1] = 1; t->type = GM_TYPE_F32; \
+        t->kind = (kd); t->a = (pa); t->b = (pb); \
+    } while (0)
+#define NORM(nm, n) VECTOR(nm, n, INIT_NORM, 1.0f, 0.1f)
+
+    /* Embeddings: rows of rms 1 once scaled by sqrt(width), so logits through the tied
+     * head come out around N(0, 1), well inside the softcap. */
+    MATRIX("token_embd.weight", E, n_vocab, c->embd_type);
+    if (P) {
+        MATRIX("per_layer_token_embd.weight", P * L, n_vocab, c->embd_type);
+        t->a = 1.0f / sqrtf((float)P);
+        MATRIX("per_layer_model_proj.weight", E, P * L, c->wtype);
+        NORM("per_layer_proj_norm.weight", P);
+    }
+    /* Proportional RoPE for full layers (gguf-format.md §1.3). */
+    {
+        uint32_t n_pairs = c->head_dim_full / 2;
+        float n_rot = floorf(c->partial_rotary * (float)c->head_dim_full / 2.0f);
+        VECTOR("rope_freqs.weight", n_pairs, INIT_ROPE, n_rot, 0.0f);
+    }
+    NORM("output_norm.weight", E);
+
+    for (uint32_t il = 0; il < c->n_layer; il++) {
+        const bool swa = layer_is_swa(c, il);
+        const int64_t hd = swa ? c->head_dim_swa : c->head_dim_full;
+        const int64_t nh = c->n_head, nkv = layer_kv_heads(c, il);
+        const bool own_kv = il < first_shared;
+        const bool has_kv = own_kv || c->keep_shared_kv_tensors;
+        const int64_t ff = layer_ff(c, il);
+        /* q_norm and k_norm around hd^-1/4 each: with attention scale 1.0 the scores
+         * then have unit spread instead of sqrt(hd) (no saturated softmax). */
+        const float qk = powf((float)hd, -0.25f);
+
+#define LNAME(suffix) (snprintf(name, sizeof name, "blk.%u." suffix, il), name)
+        NORM(LNAME("attn_norm.weight"), E);
+        MATRIX(LNAME("attn_q.weight"), E, nh * hd, c->wtype);
+        if (has_kv) {
+            MATRIX(LNAME("attn_k.weight"), E, nkv * hd, c->wtype);
+            if (!(c->k_eq_v && !swa))
+                MATRIX(LNAME("attn_v.weight"), E, nkv * hd, c->wtype);
+        }
+        MATRIX(LNAME("attn_output.weight"), nh * hd, E, c->wtype);
+        VECTOR(LNAME("attn_q_norm.weight"), hd, INIT_NORM, qk, 0.1f);
+        if (has_kv)
+            VECTOR(LNAME("attn_k_norm.weight"), hd, INIT_NORM, qk, 0.1f);
+        NORM(LNAME("post_attention_norm.weight"), E);
+        if (c->layer_scale)
+            VECTOR(LNAME("layer_output_scale.weight"), 1, INIT_UNIFORM, 0.3f, 1.0f);
+        NORM(LNAME("ffn_norm.weight"), E);
+        MATRIX(LNAME("ffn_gate.weight"), E, ff, c->wtype);
+        MATRIX(LNAME("ffn_up.weight"), E, ff, c->wtype);
+        MATRIX(LNAME("ffn_down.weight"), ff, E, c->wtype);
+        NORM(LNAME("post_ffw_norm.weight"), E);
+        if (P) {
+            MATRIX(LNAME("inp_gate.weight"), E, P, c->wtype);
+            MATRIX(LNAME("proj.weight"), P, E, c->wtype);
+            NORM(LNAME("post_norm.weight"), E);
+        }
+#undef LNAME
+    }
+#undef MATRIX
+#undef VECTOR
+#undef NORM
+    for (size_t i = 0; i < l->n; i++)
+        l->v[i].key = mix64(c->seed ^ mix64(fnv1a(l->v[i].name)));
+    return GM_OK;
+}
+
+/* Runs a row job over the pool into a fresh buffer and hands it to the writer thread. */
+static int emit_rows(wthread *wt, runner *rn, row_job *job, const char *out_path, const char *tname,
+                     gm_error *err)
+{
+    tbuf b;
+    size_t nbytes = job->out_row_bytes * (size_t)job->n_rows;
+    int rc = tbuf_alloc(&b, nbytes, out_path, err);
+    if (rc != GM_OK)
+        return rc;
+    job->dst = b.p;
+    job->scratch = rn->scratch;
+    job->failed = 0;
+    gm_pool_run(rn->pool, row_worker, job);
+    if (job->failed) {
+        tbuf_free(&b);
+        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s: cannot convert to %s", out_path, tname,
+                            gm_type_name(job->out_type));
+    }
+    return wthread_submit(wt, &b, err);
+}
+
+int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err)
+{
+    if (!cfg || !path)
+        return gm_set_error(err, GM_ERR_INVALID, "gm_synth_write: NULL argument");
+    int rc = validate(cfg, err);
+    if (rc != GM_OK)
+        return rc;
+
+    gm_gguf *vocab_src = NULL;
+    uint32_t n_vocab = cfg->n_vocab;
+    if (cfg->vocab_path) {
+        vocab_src = gm_gguf_open(cfg->vocab_path, err);
+        if (!vocab_src)
+            return err ? err->code : GM_ERR_IO;
+        const gm_gguf_kv *toks = gm_gguf_find_kv(vocab_src, "tokenizer.ggml.tokens");
+        if (!toks || toks->type != GM_GGUF_ARRAY || toks->arr_type != GM_GGUF_STRING || toks->arr_n == 0 ||
+            toks->arr_n > (1u << 24)) {
+            gm_gguf_close(vocab_src);
+            return gm_set_error(err, GM_ERR_FORMAT, "%s: no usable tokenizer.ggml.tokens array",
+                                cfg->vocab_path);
+        }
+        n_vocab = (uint32_t)toks->arr_n;
+    }
+    if (n_vocab == 0) {
+        gm_gguf_close(vocab_src);
+        return gm_set_error(err, GM_ERR_INVALID, "synthetic model: n_vocab must be positive");
+    }
+
+    gm_gguf_writer *w = gm_gguf_writer_new();
+    tlist tl = { 0 };
+    runner rn = { 0 };
+    wthread wt = { 0 };
+    bool begun = false;
+    if (!w) {
+        rc = gm_set_error(err, GM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    add_metadata(w, cfg);
+    if (vocab_src) {
+        for (uint64_t i = 0; i < vocab_src->n_kv; i++)
+            if (strncmp(vocab_src->kv[i].key, "tokenizer.", 10) == 0)
+                gm_gguf_add_kv_from(w, vocab_src, &vocab_src->kv[i]);
+    } else {
+        rc = add_generated_vocab(w, n_vocab, err);
+        if (rc != GM_OK)
+            goto done;
+    }
+
+    rc = build_tensors(cfg, n_vocab, &tl, err);
+    if (rc != GM_OK)
+        goto done;
+    int64_t max_row = 1;
+    for (size_t i = 0; i < tl.n; i++) {
+        stensor *t = &tl.v[i];
+        if (t->ne[0] > max_row)
+            max_row = t->ne[0];
+        rc = gm_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, NULL, err);
+        if (rc != GM_OK)
+            goto done;
+    }
+    rc = runner_init(&rn, cfg->n_threads, max_row, err);
+    if (rc != GM_OK)
+        goto done;
+    rc = gm_gguf_writer_begin(w, path, err);
+    if (rc != GM_OK)
+        goto done;
+    begun = true;
+    rc = wthread_start(&wt, w, err);
+    if (rc != GM_OK)
+        goto done;
+    for (size_t i = 0; i < tl.n; i++) {
+        const stensor *t = &tl.v[i];
+        row_job job = {
+            .t = t,
+            .out_type = t->type,
+            .ne0 = t->ne[0],
+            .n_rows = t->n_dims > 1 ? t->ne[1] : 1,
+            .out_row_bytes = gm_row_size(t->type, t->ne[0]),
+        };
+        rc = emit_rows(&wt, &rn, &job, path, t->name, err);
+        if (rc != GM_OK)
+            goto done;
+    }
+    rc = wthread_stop(&wt, err);
+    if (rc == GM_OK)
+        rc = gm_gguf_writer_finish(w, err);
+
+done:
+    if (wt.started) {
+        gm_error ignored;
+        wthread_stop(&wt, &ignored);
+    }
+    if (rc != GM_OK && begun)
+        unlink(path);
+    runner_free(&rn);
+    free(tl.v);
+    gm_gguf_writer_free(w);
+    gm_gguf_close(vocab_src);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Requantize                                                                            */
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* A KV-shared layer's attn_k / attn_v / attn_k_norm (layer index >= first_shared). */
+static bool is_shared_kv_tensor(const char *name, uint32_t first_shared)
+{
+    unsigned il;
+    int pos = 0;
+    if (sscanf(name, "blk.%u.%n", &il, &pos) != 1 || pos == 0 || il < first_shared)
+        return false;
+    const char *rest = name + pos;
+    return strcmp(rest, "attn_k.weight") == 0 || strcmp(rest, "attn_v.weight") == 0 ||
+           strcmp(rest, "attn_k_norm.weight") == 0;
+}
+
+/* The output type of one tensor, as llama-quantize decides it (simplified). */
+static gm_type requant_type(const gm_gguf_tensor *t, gm_type type)
+{
+    if (t->n_dims < 2)
+        return t->type;
+    if (!ends_with(t->name, ".weight") || ends_with(t->name, "_norm.weight") ||
+        strcmp(t->name, "rope_freqs.weight") == 0)
+        return t->type;
+    if (strcmp(t->name, "per_layer_model_proj.weight") == 0)
+        return t->type; /* llama-quantize never quantizes it */
+    return matrix_type_for(type, t->ne[0]);
+}
+
+int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type, bool drop_shared_kv,
+                        int n_threads, gm_error *err)
+{
+    if (!in_path || !out_path)
+        return gm_set_error(err, GM_ERR_INVALID, "gm_synth_requantize: NULL argument");
+    if (!type_is_writable(type))
+        return gm_set_error(err, GM_ERR_INVALID, "requantize: type %s cannot be written", gm_type_name(type));
+    if (strcmp(in_path, out_path) == 0)
+        return gm_set_error(err, GM_ERR_INVALID, "requantize: input and output are the same file (%s)", in_path);
+
+    gm_gguf *g = gm_gguf_open(in_path, err);
+    if (!g)
+        return err ? err->code : GM_ERR_IO;
+    gm_gguf_writer *w = NULL;
+    runner rn = { 0 };
+    bool *keep = NULL;
+    gm_type *otype = NULL;
+    wthread wt = { 0 };
+    bool begun = false;
+    int rc = GM_OK;
+
+    char *arch = NULL;
+    rc = gm_gguf_get_str(g, "general.architecture", &arch, err);
+    if (rc != GM_OK)
+        goto done;
+    if (strcmp(arch, "gemma4") != 0) {
+        rc = gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: general.architecture is \"%s\", not \"gemma4\"", in_path,
+                          arch);
+        goto done;
+    }
+    uint32_t n_layer = 0, n_shared = 0;
+    if ((rc = gm_gguf_get_u32(g, "gemma4.block_count", &n_layer, err)) != GM_OK ||
+        (rc = gm_gguf_get_u32_opt(g, "gemma4.attention.shared_kv_layers", &n_shared, err)) != GM_OK)
+        goto done;
+    if (n_shared > n_layer) {
+        rc = gm_set_error(err, GM_ERR_FORMAT, "%s: gemma4.attention.shared_kv_layers %u exceeds block_count %u",
+                          in_path, n_shared, n_layer);
+        goto done;
+    }
+
+    w = gm_gguf_writer_new();
+    keep = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *keep);
+    otype = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *otype);
+    if (!w || !keep || !otype) {
+        rc = gm_set_error(err, GM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (g->alignment != GM_GGUF_DEFAULT_ALIGNMENT)
+        gm_gguf_writer_set_alignment(w, (uint32_t)g->alignment);
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const char *k = g->kv[i].key;
+        if (strcmp(k, "general.file_type") == 0 || strcmp(k, "general.alignment") == 0)
+            continue;
+        gm_gguf_add_kv_from(w, g, &g->kv[i]);
+    }
+    gm_gguf_add_u32(w, "general.file_type", llama_ftype(type));
+
+    int64_t max_row = 1;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gm_gguf_tensor *t = &g->tensors[i];
+        keep[i] = !(drop_shared_kv && is_shared_kv_tensor(t->name, n_layer - n_shared));
+        if (!keep[i])
+            continue;
+        otype[i] = requant_type(t, type);
+        if (otype[i] != t->type && !gm_type_get_traits(t->type)) {
+            rc = gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has unknown type %u", in_path, t->name,
+                              (unsigned)t->type);
+            goto done;
+        }
+        if (t->ne[0] > max_row)
+            max_row = t->ne[0];
+        rc = gm_gguf_add_tensor(w, t->name, otype[i], t->n_dims, t->ne, NULL, err);
+        if (rc != GM_OK)
+            goto done;
+    }
+    rc = runner_init(&rn, n_threads, max_row, err);
+    if (rc != GM_OK)
+        goto done;
+    rc = gm_gguf_writer_begin(w, out_path, err);
+    if (rc != GM_OK)
+        goto done;
+    begun = true;
+    rc = wthread_start(&wt, w, err);
+    if (rc != GM_OK)
+        goto done;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gm_gguf_tensor *t = &g->tensors[i];
+        if (!keep[i])
+            continue;
+        if (otype[i] == t->type) {
+            /* Unchanged: straight from the input mapping. */
+            tbuf b = { .p = (uint8_t *)(uintptr_t)t->data, .n = t->nbytes, .fd = -1, .borrowed = true };
+            rc = wthread_submit(&wt, &b, err);
+        } else {
+            int64_t n_el = 1;
+            for (uint32_t d = 0; d < t->n_dims; d++)
+                n_el *= t->ne[d];
+            row_job job = {
+                .src = t,
+                .out_type = otype[i],
+                .ne0 = t->ne[0],
+                .n_rows = t->ne[0] ? n_el / t->ne[0] : 0,
+                .out_row_bytes = gm_row_size(otype[i], t->ne[0]),
+            };
+            rc = emit_rows(&wt, &rn, &job, out_path, t->name, err);
+            if (rc == GM_OK) {
+                tbuf in = { .p = (uint8_t *)(uintptr_t)t->data, .n = t->nbytes, .fd = -1, .borrowed = true };
+                tbuf_free(&in);
+            }
+        }
+        if (rc != GM_OK)
+            goto done;
+    }
+    rc = wthread_stop(&wt, err);
+    if (rc == GM_OK)
+        rc = gm_gguf_writer_finish(w, err);
+
+done:
+    if (wt.started) {
+        gm_error ignored;
+        wthread_stop(&wt, &ignored);
+    }
+    if (rc != GM_OK && begun)
+        unlink(out_path);
+    free(arch);
+    free(keep);
+    free(otype);
+    runner_free(&rn);
+    gm_gguf_writer_free(w);
+    gm_gguf_close(g);
+    return rc;
+}

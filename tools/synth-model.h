@@ -1,0 +1,63 @@
+/* synth-model.h — synthetic Gemma 4 text GGUFs with seeded random weights at sensible
+ * scales, in llama.cpp's names and layouts: tiny ones for tests and the small model the
+ * README starts with, full-size E2B/E4B shapes for benchmarks (streamed, multi-GiB). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/gm-error.h"
+#include "core/gm-types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gm_synth_config {
+    char name[64];              /* general.name */
+    uint32_t n_vocab;           /* ignored when vocab_path is set (taken from that file) */
+    uint32_t n_embd;
+    uint32_t n_layer;
+    uint32_t n_head;
+    uint32_t n_head_kv;         /* sliding layers (and full layers unless n_head_kv_full) */
+    uint32_t n_head_kv_full;    /* 0: same as n_head_kv; else written as a per-layer array */
+    uint32_t head_dim_swa;
+    uint32_t head_dim_full;
+    uint32_t n_ff;
+    bool double_wide;           /* KV-shared layers get 2*n_ff (per-layer array) */
+    uint32_t n_shared_kv;       /* trailing KV-shared layers */
+    bool keep_shared_kv_tensors;/* write attn_k/attn_v/attn_k_norm on shared layers too */
+    uint32_t n_embd_per_layer;  /* PLE width; 0 = no PLE */
+    uint32_t sliding_window;
+    uint32_t swa_period;        /* every swa_period-th layer is full (E2B 5, E4B 6); last layer full */
+    float rope_theta_swa, rope_theta_full;
+    float partial_rotary;       /* full layers' rotated fraction (0.25), via rope_freqs */
+    float final_softcap;        /* 0 = none */
+    bool k_eq_v;                /* full layers have no attn_v (V = raw K) */
+    int bidir;                  /* -1: omit gemma4.use_bidirectional_attention; 0: "none"; 1: "vision" */
+    bool layer_scale;           /* write layer_output_scale */
+    gm_type wtype;              /* type of the big matrices */
+    gm_type embd_type;          /* token_embd and per_layer_token_embd */
+    uint64_t seed;
+    const char *vocab_path;     /* copy tokenizer.* keys from this GGUF (NULL: a small generated vocab) */
+    int n_threads;              /* generation threads (<= 0: all CPUs) */
+} gm_synth_config;
+
+/* Presets: "tiny" (README model: small dims, real vocab expected via vocab_path),
+ * "test" (tiny dims, small generated vocab; exercises PLE, KV sharing, double-wide,
+ * proportional RoPE, window 8), "e2b", "e4b" (full-size shapes). Returns -1 if unknown. */
+int gm_synth_preset(const char *name, gm_synth_config *out);
+
+/* Writes the model to path (streamed; memory use stays small even for full size). */
+int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err);
+
+/* Rewrites a gemma4 GGUF with its 2-D weight matrices converted to `type` (like
+ * llama-quantize): norms, rope_freqs and 1-D tensors stay F32; a matrix whose row length
+ * is not a multiple of the type's block size falls back to Q8_0, then F16. All metadata
+ * is copied. drop_shared_kv removes attn_k/attn_v/attn_k_norm of KV-shared layers. */
+int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type, bool drop_shared_kv,
+                        int n_threads, gm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
