@@ -19,8 +19,11 @@
  * and FMAs against broadcast activations.
  */
 #include <immintrin.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kernels-impl.h"
 #include "quant.h"
@@ -30,7 +33,7 @@
 #define RW 2            /* row groups of 16 per panel */
 #define PR (16 * RW)    /* rows per panel */
 #define TT 6            /* token tile (quantized) */
-#define KCB 48          /* 32-column blocks per K chunk (a multiple of 8: K-quant super-blocks) */
+#define KCB 16          /* 32-column blocks per K chunk (a multiple of 8: K-quant super-blocks) */
 #define TF 8            /* token tile (float weights) */
 #define KCF 128         /* columns per K chunk (float weights) */
 #define TOK_BLOCK_BYTES (384 * 1024) /* activation bytes per token block (L2 reuse) */
@@ -314,6 +317,18 @@ AI void decode_chunk(const gm_type type, const rowgrp *G, int64_t kb0, int nkb, 
     }
 }
 
+/* Turns the panel's unsigned quants back into signed ones (q - bias) for AMX's
+ * signed x signed product, which needs no bias correction. */
+AI void panel_to_signed(const gm_type type, int nkb, qpanel *P)
+{
+    const int bias = gm_kernel_bias(type);
+    const __m512i bv = _mm512_set1_epi8((char)bias);
+    for (int kb = 0; kb < nkb; kb++)
+        for (int rg = 0; rg < RW; rg++)
+            for (int st = 0; st < 8; st++)
+                P->w[kb][rg][st] = _mm512_sub_epi8(P->w[kb][rg][st], bv);
+}
+
 /* acc[g][t] += panel blocks [0, nkb) x tokens t0..t0+T-1 (columns from block kb0).
  * NSC: scales per 32 columns (1, or 2 for Q6_K); MIN: add the min term. */
 AI void micro_q(const qpanel *P, int nkb, int64_t kb0, const gm_act *a, int64_t t0,
@@ -481,6 +496,230 @@ static void mm_q5_K(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
 static void mm_q6_K(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1, float *y, int64_t ldy)
 {
     mm_quant(GM_TYPE_Q6_K, w, a, r0, r1, y, ldy);
+}
+
+/* ------------------------------------------------------------ AMX (tile) kernels
+ *
+ * With AMX-INT8 one tdpbssd/tdpbsud multiplies a 16-token x K tile of activation quants
+ * (straight from the activation rows) by a K x 16-row tile of weight quants, which is
+ * exactly the panel layout above (one 64-byte row per 4 columns). K is one block (32
+ * columns; 16 for Q6_K, whose scales are per 16), so every product is the exact integer
+ * block sum; the 16x16 int32 result goes through memory into the same float epilogue as
+ * the VNNI kernels, with 16 float accumulators (one per token, 16 rows each).
+ * Bias types use signed weights (tdpbssd, no correction); Q4_1/Q4_K/Q5_K keep unsigned
+ * weights (tdpbsud) plus their min term. The driver pads the activation arrays to a
+ * multiple of 16 tokens with zero rows.
+ */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+/* No "memory" clobbers in the hot loop (they would force the float accumulators out of
+ * registers): tile loads read memory that is not written while tiles are in use (the
+ * panel is fenced by amx_barrier() after decoding), and a tile store names the 1 KiB it
+ * writes as an output. */
+typedef struct { int32_t v[16][16]; } amx_c;
+#define AMX_LOAD(t, base, stride) \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"((long)(stride)))
+#define AMX_STORE(t, cb) \
+    __asm__ volatile("tilestored %%tmm" #t ", (%1,%2,1)" : "=m"(*(amx_c *)(cb)) : "r"(cb), "r"(64l))
+#define amx_barrier() __asm__ volatile("" ::: "memory")
+#define AMX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define AMX_DPBSSD(c, a, b) __asm__ volatile("tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define AMX_DPBSUD(c, a, b) __asm__ volatile("tdpbsud %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+#define AMX_LAG 2
+#define AMX_NBUF (AMX_LAG + 1)
+
+static int g_amx_ok;
+static pthread_once_t g_amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_init(void)
+{
+    const gm_cpu_features *f = gm_cpu_get_features();
+    /* Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM for
+     * XFEATURE_XTILEDATA); without it the first tile instruction faults. */
+    if (f->amx_tile && f->amx_int8 && f->avx512f)
+        g_amx_ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18) == 0;
+}
+
+int gm_amx_available(void)
+{
+    pthread_once(&g_amx_once, amx_init);
+    return g_amx_ok;
+}
+
+/* One block (or half block) for the 16 tokens at ap and the 16 rows of panel step bp:
+ * cbuf = A x B. Two tile sets alternate so consecutive blocks can overlap. */
+/* Product i uses C tile i % 4 and A/B tiles i % 2: a C tile is zeroed again only four
+ * products after its store was issued. */
+#define AMX_PRODUCT1(c, at, bt, sgn, ap, astride, bp)                                        \
+    do {                                                                                     \
+        AMX_LOAD(at, ap, astride);                                                           \
+        AMX_LOAD(bt, bp, 64);                                                                \
+        AMX_ZERO(c);                                                                         \
+        if (sgn) AMX_DPBSSD(c, at, bt); else AMX_DPBSUD(c, at, bt);                          \
+    } while (0)
+#define AMX_PRODUCT(i, sgn, ap, astride, bp)                                                  \
+    do {                                                                                     \
+        switch ((i) & 3) {                                                                   \
+        case 0: AMX_PRODUCT1(0, 4, 6, sgn, ap, astride, bp); break;                          \
+        case 1: AMX_PRODUCT1(1, 5, 7, sgn, ap, astride, bp); break;                          \
+        case 2: AMX_PRODUCT1(2, 4, 6, sgn, ap, astride, bp); break;                          \
+        default: AMX_PRODUCT1(3, 5, 7, sgn, ap, astride, bp); break;                         \
+        }                                                                                    \
+    } while (0)
+#define AMX_SAVE(i, cbuf)                                                                    \
+    do {                                                                                     \
+        switch ((i) & 3) {                                                                   \
+        case 0: AMX_STORE(0, cbuf); break;                                                   \
+        case 1: AMX_STORE(1, cbuf); break;                                                   \
+        case 2: AMX_STORE(2, cbuf); break;                                                   \
+        default: AMX_STORE(3, cbuf); break;                                                  \
+        }                                                                                    \
+    } while (0)
+
+/* The 16 accumulators are only ever indexed by constants, so they stay in registers. */
+#define REP16(X) X(0); X(1); X(2); X(3); X(4); X(5); X(6); X(7); \
+                 X(8); X(9); X(10); X(11); X(12); X(13); X(14); X(15)
+#define AMX_ACC_ZERO(t) acc[t] = _mm512_setzero_ps()
+#define AMX_ACC_SCALE(t)                                                                       \
+    acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb[t])),       \
+                                           _mm512_set1_ps(adk[(t) * a->d_stride])), sc, acc[t])
+#define AMX_ACC_MIN(t) acc[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(amk[(t) * a->d_stride]), acc[t])
+#define AMX_ACC_STORE(t)                                                                       \
+    do {                                                                                       \
+        if ((t) < nt) {                                                                        \
+            float *yp = y + (t0 + (t)) * ldy + rr;                                             \
+            __m512 v = acc[t];                                                                 \
+            if (kb0 != 0)                                                                      \
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, yp));                           \
+            _mm512_mask_storeu_ps(yp, mk, v);                                                  \
+        }                                                                                      \
+    } while (0)
+
+AI void mm_amx(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
+               float *y, int64_t ldy)
+{
+    const int NSC = type == GM_TYPE_Q6_K ? 2 : 1;
+    const int KB = 32 / NSC;                 /* columns per tile product */
+    const int MIN = type == GM_TYPE_Q4_1 || type == GM_TYPE_Q4_K || type == GM_TYPE_Q5_K;
+    const int SGN = gm_kernel_bias(type) != 0;
+    const int64_t nblk = w->cols / 32;
+    const int64_t n = a->n;
+    const int64_t tblk = token_block(n, w->cols, 16);
+
+    _Alignas(64) amx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 4; t++) {
+        cfg.colsb[t] = 64;                   /* C (tiles 0-3): 16 tokens x 16 int32 */
+        cfg.rows[t] = 16;
+    }
+    for (int t = 0; t < 2; t++) {
+        cfg.colsb[4 + t] = (uint16_t)KB;     /* A (4, 5): 16 tokens x KB bytes */
+        cfg.rows[4 + t] = 16;
+        cfg.colsb[6 + t] = 64;               /* B (6, 7): KB/4 rows of 16 x 4 bytes */
+        cfg.rows[6 + t] = (uint8_t)(KB / 4);
+    }
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+
+    _Alignas(64) qpanel P;
+    _Alignas(64) int32_t cbuf[AMX_NBUF][16][16];
+    rowgrp G[RW];
+    for (int64_t tb0 = 0; tb0 < n; tb0 += tblk) {
+        const int64_t tb1 = tb0 + tblk < n ? tb0 + tblk : n;
+        for (int64_t pr0 = r0; pr0 < r1; pr0 += PR) {
+            for (int g = 0; g < RW; g++)
+                rowgrp_init(&G[g], w, pr0 + 16 * g, r1 - 1);
+            for (int64_t kb0 = 0; kb0 < nblk; kb0 += KCB) {
+                const int nkb = nblk - kb0 < KCB ? (int)(nblk - kb0) : KCB;
+                decode_chunk(type, G, kb0, nkb, &P);
+                if (SGN)
+                    panel_to_signed(type, nkb, &P);
+                amx_barrier();
+                for (int64_t t0 = tb0; t0 < tb1; t0 += 16) {
+                    const int nt = tb1 - t0 < 16 ? (int)(tb1 - t0) : 16;
+                    for (int g = 0; g < RW; g++) {
+                        const int64_t rr = pr0 + 16 * g;
+                        if (rr >= r1)
+                            break;
+                        __m512 acc[16];
+                        REP16(AMX_ACC_ZERO);
+                        const int8_t *aq = a->q + t0 * a->q_stride + kb0 * 32;
+                        const float *ad = a->d + t0 * a->d_stride + kb0;
+                        const float *am = MIN ? a->dsum + t0 * a->d_stride + kb0 : NULL;
+                        /* Software pipeline: the epilogue of product i runs AMX_LAG
+                         * products later, once the tile store has reached the cache
+                         * (tile stores do not forward to vector loads). */
+                        const int nsteps = nkb * NSC;
+                        AMX_PRODUCT(0, SGN, aq, a->q_stride, &P.w[0][g][0]);
+                        for (int i = 0; i < nsteps + AMX_LAG; i++) {
+                            if (i < nsteps) {
+                                /* start the next product before saving this one */
+                                if (i + 1 < nsteps) {
+                                    const int j = i + 1;
+                                    AMX_PRODUCT(j, SGN, aq + (j / NSC) * 32 + (j % NSC) * KB,
+                                                a->q_stride, &P.w[j / NSC][g][(j % NSC) * (KB / 4)]);
+                                }
+                                AMX_SAVE(i, cbuf[i % AMX_NBUF]);
+                            }
+                            const int e = i - AMX_LAG;
+                            if (e < 0)
+                                continue;
+                            const int kb = e / NSC, h = e % NSC;
+                            const __m512 sc = P.s[kb][g][h];
+                            const int32_t (*cb)[16] = cbuf[e % AMX_NBUF];
+                            const float *adk = ad + kb;
+                            REP16(AMX_ACC_SCALE);
+                            if (MIN && h == NSC - 1) {
+                                const __m512 mv = P.m[kb][g];
+                                const float *amk = am + kb;
+                                REP16(AMX_ACC_MIN);
+                            }
+                        }
+                        const int valid = r1 - rr >= 16 ? 16 : (int)(r1 - rr);
+                        const __mmask16 mk = (__mmask16)((1u << valid) - 1);
+                        REP16(AMX_ACC_STORE);
+                    }
+                }
+            }
+        }
+    }
+    __asm__ volatile("tilerelease" ::: "memory");
+}
+
+#define AMX_KERNEL(name, type)                                                                 \
+    static void name(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1, float *y,    \
+                     int64_t ldy)                                                              \
+    {                                                                                          \
+        mm_amx(type, w, a, r0, r1, y, ldy);                                                    \
+    }
+
+AMX_KERNEL(amx_q4_0, GM_TYPE_Q4_0)
+AMX_KERNEL(amx_q4_1, GM_TYPE_Q4_1)
+AMX_KERNEL(amx_q5_0, GM_TYPE_Q5_0)
+AMX_KERNEL(amx_q8_0, GM_TYPE_Q8_0)
+AMX_KERNEL(amx_q4_K, GM_TYPE_Q4_K)
+AMX_KERNEL(amx_q5_K, GM_TYPE_Q5_K)
+AMX_KERNEL(amx_q6_K, GM_TYPE_Q6_K)
+
+gm_kernel_fn gm_kernel_amx(gm_type t)
+{
+    if (!gm_amx_available())
+        return NULL;
+    switch (t) {
+    case GM_TYPE_Q4_0: return amx_q4_0;
+    case GM_TYPE_Q4_1: return amx_q4_1;
+    case GM_TYPE_Q5_0: return amx_q5_0;
+    case GM_TYPE_Q8_0: return amx_q8_0;
+    case GM_TYPE_Q4_K: return amx_q4_K;
+    case GM_TYPE_Q5_K: return amx_q5_K;
+    case GM_TYPE_Q6_K: return amx_q6_K;
+    default: return NULL;
+    }
 }
 
 /* ------------------------------------------------------------ float weights */

@@ -65,6 +65,11 @@ static inline int gm_kernel_corr_group(gm_type t)
 gm_kernel_fn gm_kernel_avx2(gm_type t);
 gm_kernel_fn gm_kernel_avx512(gm_type t);
 
+/* AMX-INT8 tile kernels (quantized types; NULL when the CPU or OS lacks AMX). They need
+ * the activation arrays padded with zero rows to a multiple of 16 tokens. */
+gm_kernel_fn gm_kernel_amx(gm_type t);
+int gm_amx_available(void);
+
 /* Quantizes one activation row (k floats) straight into the unpacked arrays above
  * (q: k bytes, d and dsum: k/32 floats, corr: k/group ints; dsum may be NULL), bit for
  * bit as gm_quantize_row_q8_0 / _q8_K followed by unpacking would. Inputs must not hold

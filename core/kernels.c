@@ -268,6 +268,15 @@ static void fill_nan(const gm_matrix *w, int64_t n, float *y, int64_t ldy)
             y[t * ldy + r] = NAN;
 }
 
+/* Smallest batch for the AMX kernels (they work on 16 tokens at a time). */
+#define AMX_MIN_N 16
+
+static int amx_enabled(void)
+{
+    const char *e = getenv("GEMMAD_AMX");
+    return !(e && e[0] == '0');
+}
+
 /* Below this many activation values, quantizing on the calling thread beats a dispatch. */
 #define PAR_QUANT_MIN 16384
 
@@ -302,6 +311,17 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
     const gm_type vdt = gm_vec_dot_type(w->type);
     const int quantized = !is_float_type(w->type);
 
+    /* Batches go to the AMX tile kernels where the CPU has them (GEMMAD_AMX=0 turns
+     * them off); they take 16 tokens at a time, so the activations get zero padding. */
+    int64_t n_pad = n;
+    if (simd_quant && n >= AMX_MIN_N && amx_enabled()) {
+        gm_kernel_fn ak = gm_kernel_amx(w->type);
+        if (ak) {
+            kern = ak;
+            n_pad = (n + 15) / 16 * 16;
+        }
+    }
+
     struct mm_job job = {
         .w = w, .kern = kern, .x = x, .ldx = ldx, .n = n, .y = y, .ldy = ldy,
     };
@@ -325,9 +345,9 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
         if (kern) {
             qj.q_stride = (int64_t)align64((size_t)k);
             qj.corr_stride = k / gm_kernel_corr_group(w->type);
-            sz_q = align64((size_t)(qj.q_stride * n));
-            sz_d = align64((size_t)(n * (k / 32)) * sizeof(float));
-            sz_c = align64((size_t)(n * qj.corr_stride) * sizeof(int32_t));
+            sz_q = align64((size_t)(qj.q_stride * n_pad));
+            sz_d = align64((size_t)(n_pad * (k / 32)) * sizeof(float));
+            sz_c = align64((size_t)(n_pad * qj.corr_stride) * sizeof(int32_t));
             if (w->type == GM_TYPE_Q4_1 || w->type == GM_TYPE_Q4_K || w->type == GM_TYPE_Q5_K)
                 sz_s = sz_d;
         }
@@ -347,6 +367,13 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
             qj.corr = (int32_t *)p;
             p += sz_c;
             qj.dsum = sz_s ? (float *)p : NULL;
+        }
+        if (n_pad > n) {
+            memset(qj.q + n * qj.q_stride, 0, (size_t)((n_pad - n) * qj.q_stride));
+            memset(qj.d + n * (k / 32), 0, (size_t)((n_pad - n) * (k / 32)) * sizeof(float));
+            memset(qj.corr + n * qj.corr_stride, 0, (size_t)((n_pad - n) * qj.corr_stride) * sizeof(int32_t));
+            if (qj.dsum)
+                memset(qj.dsum + n * (k / 32), 0, (size_t)((n_pad - n) * (k / 32)) * sizeof(float));
         }
         if (par)
             gm_pool_run(pool, quant_worker, &qj);

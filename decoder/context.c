@@ -4,12 +4,16 @@
  * Evaluation runs in prefill chunks of at most n_batch positions; every weight matrix is
  * applied to the whole chunk with one gm_matmul call, so a weight is read once per chunk
  * (once per token when decoding). Element-wise steps run over rows on the thread pool,
- * attention over (query, head) items.
+ * attention over tiles of (query, head) pairs that share a KV head.
  *
- * KV cache: F32, per layer that owns its KV, laid out [kv_head][slot][head_dim]. Full
+ * KV cache: F32, per layer that owns its KV (keys transposed, see kv_layer). Full
  * layers hold n_ctx slots (slot = position). Sliding layers hold a ring of
  * swa_cap >= window - 1 + chunk slots (slot = position % swa_cap): a chunk's queries
  * need the window before the chunk plus the chunk itself, all resident at once.
+ * (A vision block longer than n_batch makes its chunk, and the rings, grow.)
+ *
+ * Rows that need no logits stop after the last layer that writes a KV cache: what
+ * follows (KV-shared layers, the rest of that layer) only feeds their logits.
  *
  * Failure atomicity: an eval only becomes visible when n_past is committed at its end.
  * Full-layer writes land past n_past and are harmless. Ring writes can overwrite old

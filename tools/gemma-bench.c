@@ -271,6 +271,8 @@ int main(int argc, char **argv)
     int32_t *ids = NULL;
     stats pp = { 0 }, tg = { 0 };
 
+    double loadavg = -1;
+    getloadavg(&loadavg, 1); /* other work on the machine makes the numbers noisy: say so */
     long rss_before = tool_rss_kib();
     double t0 = tool_now();
     gm_model *model = gm_model_load(o.model, &err);
@@ -314,8 +316,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s: %s\n", prog, o.model, desc);
         fprintf(stderr, "%s: load %.1f ms, RSS after load %.1f MiB (before %.1f MiB), file %.2f GiB\n", prog,
                 load_s * 1e3, rss_load / 1024.0, rss_before / 1024.0, (double)fsize / (1u << 30));
-        fprintf(stderr, "%s: threads %d, isa %s, cpu: %s\n", prog, nth, gm_isa_name(gm_cpu_best_isa()),
-                gm_cpu_describe());
+        fprintf(stderr, "%s: threads %d, isa %s, cpu: %s, load average %.2f\n", prog, nth,
+                gm_isa_name(gm_cpu_best_isa()), gm_cpu_describe(), loadavg);
     }
 
     uint64_t rs = (uint64_t)o.seed;
@@ -384,7 +386,8 @@ int main(int argc, char **argv)
         fprintf(f, "},\n  \"threads\": %d,\n  \"n_ctx\": %d,\n  \"isa\": \"%s\",\n  \"cpu_features\": ", nth,
                 cp.n_ctx, gm_isa_name(gm_cpu_best_isa()));
         json_str(f, gm_cpu_describe());
-        fprintf(f, ",\n  \"load_ms\": %.3f,\n  \"rss_after_load_kib\": %ld,\n", load_s * 1e3, rss_load);
+        fprintf(f, ",\n  \"loadavg_1m\": %.2f,\n  \"load_ms\": %.3f,\n  \"rss_after_load_kib\": %ld,\n", loadavg,
+                load_s * 1e3, rss_load);
         if (pp.n)
             json_stats(f, "pp", o.p, &pp);
         if (tg.n)

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <errno.h>
@@ -139,7 +140,11 @@ static void usage(FILE *f)
 
 static int parse_type(const char *opt, const char *s, gm_type *out)
 {
-    int t = gm_type_from_name(s);
+    static const char *const writable[] = { "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q4_K", "q5_K", "q6_K" };
+    int t = -1;
+    for (size_t i = 0; i < sizeof writable / sizeof writable[0]; i++)
+        if (strcasecmp(s, writable[i]) == 0)
+            t = gm_type_from_name(writable[i]);
     if (t < 0) {
         fprintf(stderr, "%s: %s: unknown type \"%s\" (f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q4_K q5_K q6_K)\n", prog,
                 opt, s);

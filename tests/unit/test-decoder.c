@@ -686,6 +686,15 @@ static void test_bidirectional(const char *vision_path, const char *causal_path)
     CHECKF(d3 <= 1e-5, "vision block split across chunks? rel diff %g", d3);
     gm_context_free(c3);
 
+    /* LAST logits of a prompt that ends inside an image block (the row that goes on
+     * past the last KV-writing layer keeps its block) equal ALL's last row */
+    float *last = malloc(sizeof(float) * V);
+    gm_context *cl = new_ctx(mv, 64, 4, NULL);
+    CHECK(gm_context_eval(cl, sp, 2, GM_LOGITS_LAST, last, &err) == GM_OK);
+    CHECK(rel_diff(last, lv + (size_t)(NT0 + NI - 1) * V, (size_t)V) <= 1e-5);
+    gm_context_free(cl);
+    free(last);
+
     /* changing the last image row changes the first image row (vision) ... */
     float *img2 = malloc(sizeof(float) * NI * H);
     memcpy(img2, img, sizeof(float) * NI * H);
@@ -788,6 +797,13 @@ static void test_truncate(const char *path)
     CHECK(gm_context_truncate(c, np - 2, &err) == GM_OK);
     CHECK(gm_context_truncate(c, 0, &err) == GM_OK);
     CHECK_EQ_INT(gm_context_n_past(c), 0);
+    gm_context_free(c);
+
+    /* defaults: n_ctx = min(context_length, 4096), n_batch 512 */
+    c = gm_context_new(m, NULL, &err);
+    CHECK(c != NULL);
+    CHECK_EQ_INT(gm_context_n_ctx(c), 4096);
+    CHECK(gm_context_model(c) == m);
     gm_context_free(c);
     free(fresh);
     free(got);
