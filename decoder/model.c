@@ -473,6 +473,41 @@ static int bind_weights(gm_model *m, gm_error *err)
     return GM_OK;
 }
 
+/* The image/video/audio placeholder ids, which transformers embeds as the pad id wherever
+ * they occur (§6.4). The GGUF has no key for them: they are found by their text in
+ * tokenizer.ggml.tokens, at their ids in the released vocabulary first, else by one pass
+ * over the array (a few ms). No tokenizer array, or no such token: no mapping. */
+static void find_media_placeholders(gm_model *m)
+{
+    static const char *const names[GM_N_MEDIA_PLACEHOLDERS] = { "<|image|>", "<|video|>", "<|audio|>" };
+    static const int32_t usual[GM_N_MEDIA_PLACEHOLDERS] = { 258880, 258884, 258881 };
+    int32_t *ids = m->hp.media_placeholder_ids;
+    for (int i = 0; i < GM_N_MEDIA_PLACEHOLDERS; i++)
+        ids[i] = -1;
+    const gm_gguf_kv *kv = gm_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
+    if (!kv || kv->type != GM_GGUF_ARRAY || kv->arr_type != GM_GGUF_STRING)
+        return;
+    /* ids the context accepts are below n_vocab */
+    uint64_t n = kv->arr_n < m->hp.n_vocab ? kv->arr_n : m->hp.n_vocab;
+    int missing = 0;
+    for (int i = 0; i < GM_N_MEDIA_PLACEHOLDERS; i++) {
+        gm_gguf_str s = (uint64_t)usual[i] < n ? gm_gguf_arr_str(m->gguf, kv, (uint64_t)usual[i])
+                                                : (gm_gguf_str){ NULL, 0 };
+        if (s.ptr && s.len == strlen(names[i]) && !memcmp(s.ptr, names[i], s.len))
+            ids[i] = usual[i];
+        else
+            missing++;
+    }
+    for (uint64_t t = 0; missing > 0 && t < n; t++) {
+        gm_gguf_str s = gm_gguf_arr_str(m->gguf, kv, t);
+        for (int i = 0; i < GM_N_MEDIA_PLACEHOLDERS; i++)
+            if (ids[i] < 0 && s.ptr && s.len == strlen(names[i]) && !memcmp(s.ptr, names[i], s.len)) {
+                ids[i] = (int32_t)t;
+                missing--;
+            }
+    }
+}
+
 gm_model *gm_model_from_gguf(gm_gguf *g, gm_error *err)
 {
     if (!g) {
@@ -500,6 +535,7 @@ gm_model *gm_model_from_gguf(gm_gguf *g, gm_error *err)
         gm_model_free(m);
         return NULL;
     }
+    find_media_placeholders(m);
     return m;
 }
 

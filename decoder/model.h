@@ -19,6 +19,8 @@ typedef enum gm_bidir_mode {
     GM_BIDIR_VISION = 1,  /* image/video blocks bidirectional on sliding layers */
 } gm_bidir_mode;
 
+#define GM_N_MEDIA_PLACEHOLDERS 3
+
 typedef struct gm_layer_hparams {
     bool is_swa;          /* sliding-window layer */
     uint32_t n_head;
@@ -45,6 +47,10 @@ typedef struct gm_hparams {
     float embd_scale;            /* sqrt(n_embd) rounded to bf16, as HF does (§9.1) */
     gm_bidir_mode bidir;
     gm_layer_hparams *layers;    /* n_layer entries */
+    /* Ids of "<|image|>", "<|video|>", "<|audio|>" in tokenizer.ggml.tokens, -1 where absent.
+     * As in transformers they embed as the pad id 0 wherever they occur, text included
+     * (embedding and PLE identity row, §6.4). */
+    int32_t media_placeholder_ids[GM_N_MEDIA_PLACEHOLDERS];
 } gm_hparams;
 
 typedef struct gm_layer_weights {

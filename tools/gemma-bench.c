@@ -321,12 +321,25 @@ int main(int argc, char **argv)
     }
 
     uint64_t rs = (uint64_t)o.seed;
-    /* Warm-up: one short evaluation touches every layer's weights once. */
-    random_ids(ids, TG_PROMPT, n_vocab, &rs);
-    gm_span warm = { .type = GM_SPAN_TEXT, .n = TG_PROMPT, .ids = ids };
-    if (gm_context_eval(ctx, &warm, 1, GM_LOGITS_LAST, logits, &err) != GM_OK)
-        goto eval_failed;
-    gm_context_clear(ctx);
+    /* Warm-up as llama-bench does: one prompt of the test's size (touches every weight and
+     * sizes the scratch buffers) and one decode step. */
+    {
+        int32_t nw = o.p > 0 ? (int32_t)o.p : TG_PROMPT;
+        random_ids(ids, nw, n_vocab, &rs);
+        gm_span warm = { .type = GM_SPAN_TEXT, .n = nw, .ids = ids };
+        if (gm_context_eval(ctx, &warm, 1, GM_LOGITS_LAST, logits, &err) != GM_OK)
+            goto eval_failed;
+        gm_context_clear(ctx);
+        if (o.n > 0) {
+            warm.n = TG_PROMPT;
+            if (gm_context_eval(ctx, &warm, 1, GM_LOGITS_LAST, logits, &err) != GM_OK)
+                goto eval_failed;
+            warm.n = 1;
+            if (gm_context_eval(ctx, &warm, 1, GM_LOGITS_LAST, logits, &err) != GM_OK)
+                goto eval_failed;
+            gm_context_clear(ctx);
+        }
+    }
 
     for (long r = 0; r < o.reps && o.p > 0; r++) {
         random_ids(ids, (int32_t)o.p, n_vocab, &rs);

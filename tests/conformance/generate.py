@@ -136,9 +136,10 @@ def make_weights(c, torch, seed):
     # softcap at 30 is visibly non-linear without saturating.
     emb = normal((VOCAB, H), 4.0 / math.sqrt(H))
     # transformers replaces every image/audio/video placeholder id by the pad embedding,
-    # even one the model generated, while gemmad embeds a generated id like any token.
-    # Shrinking these rows (tied output head) keeps them out of greedy continuations;
-    # the rows are never used as inputs. A power of two keeps them bf16-exact.
+    # even one the model generated (gemmad did not at first; it does now). Shrinking these
+    # rows (tied output head) keeps them out of greedy continuations; the rows are never
+    # used as inputs. A power of two keeps them bf16-exact. Kept so that the committed
+    # fixtures regenerate unchanged.
     for t in (IMAGE, AUDIO, VIDEO):
         emb[t] *= 1.0 / 16.0
     W[pre + "embed_tokens.weight"] = emb

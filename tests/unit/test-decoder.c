@@ -148,6 +148,7 @@ typedef struct ref_model {
     int *n_kv, *ff, *swa;
     double eps, softcap;
     bool vision;
+    int media[3];  /* <|image|> <|video|> <|audio|> ids, -1 absent: embedded as id 0 (§6.4) */
 } ref_model;
 
 static const float *tens(const ref_model *r, const char *fmt, int l)
@@ -205,6 +206,16 @@ static void ref_open(ref_model *r, const char *path)
     const gm_gguf_kv *kv = gm_gguf_find_kv(r->g, "gemma4.use_bidirectional_attention");
     r->vision = kv ? (kv->str.len == 6 && !memcmp(kv->str.ptr, "vision", 6)) : r->P == 0;
     r->V = (int)gm_gguf_find_tensor(r->g, "token_embd.weight")->ne[1];
+    static const char *const media_names[3] = { "<|image|>", "<|video|>", "<|audio|>" };
+    const gm_gguf_kv *toks = gm_gguf_find_kv(r->g, "tokenizer.ggml.tokens");
+    for (int i = 0; i < 3; i++) {
+        r->media[i] = -1;
+        for (uint64_t t = 0; toks && t < toks->arr_n && r->media[i] < 0; t++) {
+            gm_gguf_str st = gm_gguf_arr_str(r->g, toks, t);
+            if (st.len == strlen(media_names[i]) && !memcmp(st.ptr, media_names[i], st.len))
+                r->media[i] = (int)t;
+        }
+    }
     free(tmp);
     free(b);
 }
@@ -277,9 +288,17 @@ static double *ref_forward(const ref_model *r, int n, const uint8_t *type, const
     }
     const double escale = gm_bf16_to_fp32(gm_fp32_to_bf16(sqrtf((float)H)));
     const float *E = tens(r, "token_embd.weight", 0);
+    /* the ids embedded (text; media placeholder ids become the pad id 0, §6.4) */
+    int *eid = calloc((size_t)n, sizeof(int));
+    for (int i = 0; i < n; i++) {
+        eid[i] = type[i] == GM_SPAN_TEXT ? ids[i] : 0;
+        for (int k = 0; k < 3; k++)
+            if (type[i] == GM_SPAN_TEXT && ids[i] == r->media[k])
+                eid[i] = 0;
+    }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < H; j++)
-            x[(size_t)i * H + j] = type[i] == GM_SPAN_TEXT ? E[(size_t)ids[i] * H + j] * escale
+            x[(size_t)i * H + j] = type[i] == GM_SPAN_TEXT ? E[(size_t)eid[i] * H + j] * escale
                                                            : embd[i][j];
     if (P) {
         const float *T = tens(r, "per_layer_token_embd.weight", 0);
@@ -288,7 +307,7 @@ static double *ref_forward(const ref_model *r, int n, const uint8_t *type, const
         for (int i = 0; i < n; i++) {
             double *p = ple + (size_t)i * (L * P + 1);
             ref_lin(Wp, x + (size_t)i * H, H, L * P, p);
-            int id = type[i] == GM_SPAN_TEXT ? ids[i] : 0;
+            int id = eid[i];
             for (int l = 0; l < L; l++) {
                 for (int k = 0; k < P; k++)
                     p[l * P + k] /= sqrt((double)H);
@@ -429,6 +448,7 @@ static double *ref_forward(const ref_model *r, int n, const uint8_t *type, const
     free(Kc);
     free(Vc);
     free(blk);
+    free(eid);
     free(x);
     free(ple);
     free(a);
@@ -983,6 +1003,88 @@ static void test_load_errors(const char *base)
     CHECK(m == NULL && err.code != GM_OK);
 }
 
+/* ================================================================== media placeholder ids */
+
+/* transformers embeds <|image|>, <|video|> and <|audio|> as the pad id 0 wherever they
+ * occur, text included (e.g. a generated token): same logits as id 0 in that position,
+ * one-shot, chunked and decoded. The ids come from the tokenizer strings; a file without
+ * tokenizer.ggml.tokens has none and embeds those ids as their own rows. */
+static void test_media_placeholders(const char *path, gm_pool *pool)
+{
+    enum { N = 24 };
+    static const char *const names[3] = { "<|image|>", "<|video|>", "<|audio|>" };
+    gm_model *m = load(path);
+    const gm_hparams *hp = &m->hp;
+    const int V = (int)hp->n_vocab;
+    const gm_gguf_kv *toks = gm_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
+    CHECK(toks != NULL);
+    int32_t media[3];
+    for (int i = 0; i < 3; i++) {
+        media[i] = hp->media_placeholder_ids[i];
+        CHECKF(media[i] > 0 && media[i] < V, "%s: id %d", names[i], media[i]);
+        if (media[i] <= 0 || media[i] >= V) {
+            gm_model_free(m);
+            return;
+        }
+        gm_gguf_str st = gm_gguf_arr_str(m->gguf, toks, (uint64_t)media[i]);
+        CHECKF(st.len == strlen(names[i]) && !memcmp(st.ptr, names[i], st.len), "id %d is '%.*s', not %s",
+               media[i], (int)st.len, st.ptr, names[i]);
+        /* its own embedding row differs from the pad row: the mapping is observable */
+        const uint8_t *E = m->tok_embd.data;
+        CHECK(memcmp(E + (size_t)media[i] * m->tok_embd.row_bytes, E, m->tok_embd.row_bytes) != 0);
+    }
+    printf("  placeholder ids: image %d, video %d, audio %d\n", media[0], media[1], media[2]);
+
+    int32_t ids[N], pad[N];
+    make_ids(ids, N, 21, V);
+    const int at[4] = { 3, 9, 17, N - 1 };
+    for (int k = 0; k < 4; k++)
+        ids[at[k]] = media[k % 3];
+    memcpy(pad, ids, sizeof ids);
+    for (int k = 0; k < 4; k++)
+        pad[at[k]] = 0;
+    float *a = malloc(sizeof(float) * N * V), *b = malloc(sizeof(float) * N * V), *one = malloc(sizeof(float) * V);
+    gm_context *c = new_ctx(m, 64, 512, pool);
+    CHECK(eval_text(c, ids, N, GM_LOGITS_ALL, a) == GM_OK);
+    gm_context_free(c);
+    c = new_ctx(m, 64, 512, pool);
+    CHECK(eval_text(c, pad, N, GM_LOGITS_ALL, b) == GM_OK);
+    gm_context_free(c);
+    CHECKF(memcmp(a, b, sizeof(float) * N * V) == 0, "placeholder ids vs the pad id: rel diff %g",
+           rel_diff(a, b, (size_t)N * V));
+
+    /* chunked prefill, then the last placeholder arrives alone, like a generated token */
+    c = new_ctx(m, 64, 5, pool);
+    CHECK(eval_text(c, ids, N - 1, GM_LOGITS_LAST, one) == GM_OK);
+    double d = rel_diff(one, b + (size_t)(N - 2) * V, (size_t)V);
+    CHECK(eval_text(c, ids + N - 1, 1, GM_LOGITS_LAST, one) == GM_OK);
+    d = fmax(d, rel_diff(one, b + (size_t)(N - 1) * V, (size_t)V));
+    CHECKF(d <= 1e-4, "decoded placeholder vs pad id: rel diff %g", d);
+    gm_context_free(c);
+
+    /* the double-precision reference, which maps the ids by itself */
+    uint8_t type[N];
+    const float *embd[N] = { 0 };
+    memset(type, GM_SPAN_TEXT, sizeof type);
+    check_vs_reference(path, "placeholder ids as text", 7, N, type, ids, embd);
+
+    /* no tokenizer.ggml.tokens: no mapping, the ids embed as themselves */
+    rewrite_opts o = { .drop_key = "tokenizer.ggml.tokens" };
+    gm_model *mn = load(rewrite(path, "no-tokens.gguf", &o));
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(mn->hp.media_placeholder_ids[i], -1);
+    c = new_ctx(mn, 64, 512, pool);
+    CHECK(eval_text(c, ids, N, GM_LOGITS_ALL, a) == GM_OK);
+    CHECKF(rel_diff(a + (size_t)(N - 1) * V, b + (size_t)(N - 1) * V, (size_t)V) > 1e-3,
+           "without the mapping the placeholder should embed as its own row");
+    gm_context_free(c);
+    gm_model_free(mn);
+    free(a);
+    free(b);
+    free(one);
+    gm_model_free(m);
+}
+
 /* ================================================================== main */
 
 /* Runs this binary again with GEMMAD_ISA forced to each lower ISA (the attention and
@@ -1068,6 +1170,7 @@ int main(int argc, char **argv)
     printf("variants\n");
     test_shared_kv_tensors(base, keep);
     test_bidirectional(vision, causal);
+    test_media_placeholders(base, pool);
     printf("truncate / overflow / cancel\n");
     test_truncate(base);
     test_ctx_overflow(base);
@@ -1080,7 +1183,7 @@ int main(int argc, char **argv)
     /* clean up the temporary models */
     const char *files[] = { "base.gguf", "keep.gguf", "keqv.gguf", "vision.gguf", "causal.gguf", "q8.gguf",
                             "e-missing.gguf", "e-shape.gguf", "e-arch.gguf", "e-key.gguf", "e-k.gguf",
-                            "ok-nov.gguf" };
+                            "ok-nov.gguf", "no-tokens.gguf" };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
         unlink(tmp_path(files[i]));
     for (int i = 0; i < g_n_models; i++)

@@ -147,7 +147,14 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
     float *y = malloc((size_t)(n * ldy) * sizeof(float));
     float *y1 = malloc((size_t)(n * ldy) * sizeof(float));
     const float sentinel = -12345.5f;
-    for (int isa = GM_ISA_SCALAR; isa <= GM_ISA_AVX512; isa++) {
+    /* AVX-512 runs twice where the CPU has AMX: tile kernels on, then off. */
+    for (int pass = 0; pass <= GM_ISA_AVX512 + 1; pass++) {
+        const int isa = pass <= GM_ISA_AVX512 ? pass : GM_ISA_AVX512;
+        const int amx_off = pass == GM_ISA_AVX512 + 1;
+        if (amx_off && !(isa_available(GM_ISA_AVX512) && gm_amx_available()))
+            continue;
+        setenv("GEMMAD_AMX", amx_off ? "0" : "1", 1);
+        const char *isa_label = amx_off ? "avx512(no amx)" : gm_isa_name((gm_isa)isa);
         if (!isa_available((gm_isa)isa)) {
             if (!skipped_noted[isa]) {
                 printf("note: %s not available on this CPU, skipped (counted as passed)\n",
@@ -181,12 +188,12 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
         }
         const double tol = 2e-5 * maxref + 1e-30;
         CHECKF(finite && worst <= tol, "%s %s rows=%lld cols=%lld n=%lld: max err %.3g vs ref (tol %.3g)",
-               gm_isa_name((gm_isa)isa), gm_type_name(type), (long long)rows, (long long)cols,
+               isa_label, gm_type_name(type), (long long)rows, (long long)cols,
                (long long)n, worst, tol);
         CHECKF(worst_deq <= 1.0, "%s %s rows=%lld cols=%lld n=%lld: err vs dequantized %.3g x bound",
-               gm_isa_name((gm_isa)isa), gm_type_name(type), (long long)rows, (long long)cols,
+               isa_label, gm_type_name(type), (long long)rows, (long long)cols,
                (long long)n, worst_deq);
-        CHECKF(pad_ok, "%s %s: wrote into y padding", gm_isa_name((gm_isa)isa), gm_type_name(type));
+        CHECKF(pad_ok, "%s %s: wrote into y padding", isa_label, gm_type_name(type));
 
         /* Threads split rows only: results must be bit-identical. */
         gm_pool *pools[2] = { pool2, pool3 };
@@ -198,7 +205,7 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
             gm_matmul_isa((gm_isa)isa, pools[p], &w, x, n, ldx, y, ldy);
             CHECKF(memcmp(y, y1, (size_t)(n * ldy) * sizeof(float)) == 0,
                    "%s %s rows=%lld cols=%lld n=%lld: %d threads differ from 1",
-                   gm_isa_name((gm_isa)isa), gm_type_name(type), (long long)rows,
+                   isa_label, gm_type_name(type), (long long)rows,
                    (long long)cols, (long long)n, gm_pool_size(pools[p]));
         }
     }
@@ -210,6 +217,7 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
     free(bound);
     free(y);
     free(y1);
+    unsetenv("GEMMAD_AMX");
 }
 
 static void test_all_types(gm_pool *pool2, gm_pool *pool3)
