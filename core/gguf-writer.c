@@ -45,6 +45,7 @@ struct gm_gguf_writer {
     char *path;
     size_t next_stream;
     uint64_t written; /* bytes of the data section written so far */
+    uint64_t cur_done; /* bytes of tensor next_stream written so far (stream_part) */
 };
 
 static void pending(gm_gguf_writer *w, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -528,27 +529,76 @@ int gm_gguf_writer_begin(gm_gguf_writer *w, const char *path, gm_error *err)
         return abort_stream(w, rc);
     w->next_stream = 0;
     w->written = 0;
+    w->cur_done = 0;
     return GM_OK;
+}
+
+/* Appends n bytes to the current tensor (the caller checked that it exists); pads and
+ * moves on once the tensor is complete. */
+static int append_part(gm_gguf_writer *w, const void *data, size_t n, gm_error *err)
+{
+    wtensor *t = &w->t[w->next_stream];
+    if (n > t->nbytes - w->cur_done)
+        return gm_set_error(err, GM_ERR_INVALID, "%s: tensor '%s': a part of %zu bytes at byte %" PRIu64
+                            " runs past its %" PRIu64 " bytes", w->path, t->name, n, w->cur_done, t->nbytes);
+    int rc = write_bytes(w, data, n, err);
+    if (rc)
+        return abort_stream(w, rc);
+    w->cur_done += n;
+    w->written += n;
+    if (w->cur_done == t->nbytes) {
+        uint64_t pad = pad_to(t->nbytes, w->alignment);
+        rc = write_zeros(w, pad, err);
+        if (rc)
+            return abort_stream(w, rc);
+        w->written += pad;
+        w->cur_done = 0;
+        w->next_stream++;
+    }
+    return GM_OK;
+}
+
+/* The tensor that streamed data goes to next; NULL with *rc and err set when there is
+ * none (no data aborts the file, as a caller bug that leaves it unusable). */
+static wtensor *stream_target(gm_gguf_writer *w, const char *fn, const void *data, int *rc, gm_error *err)
+{
+    if (!w || !w->f) {
+        *rc = gm_set_error(err, GM_ERR_INVALID, "%s: writer not started", fn);
+        return NULL;
+    }
+    if (w->next_stream >= w->n_t) {
+        *rc = gm_set_error(err, GM_ERR_INVALID, "%s: more tensor data streamed than tensors added (%zu)",
+                           w->path, w->n_t);
+        return NULL;
+    }
+    wtensor *t = &w->t[w->next_stream];
+    if (!data) {
+        *rc = abort_stream(w, gm_set_error(err, GM_ERR_INVALID, "%s: tensor '%s': no data", w->path, t->name));
+        return NULL;
+    }
+    return t;
 }
 
 int gm_gguf_writer_stream_tensor(gm_gguf_writer *w, const void *data, gm_error *err)
 {
-    if (!w || !w->f)
-        return gm_set_error(err, GM_ERR_INVALID, "gm_gguf_writer_stream_tensor: writer not started");
-    if (w->next_stream >= w->n_t)
-        return gm_set_error(err, GM_ERR_INVALID, "%s: more tensor data streamed than tensors added (%zu)",
-                            w->path, w->n_t);
-    wtensor *t = &w->t[w->next_stream];
-    if (!data)
-        return abort_stream(w, gm_set_error(err, GM_ERR_INVALID, "%s: tensor '%s': no data",
-                                            w->path, t->name));
-    int rc = write_bytes(w, data, (size_t)t->nbytes, err);
-    if (!rc)
-        rc = write_zeros(w, pad_to(t->nbytes, w->alignment), err);
-    if (rc)
-        return abort_stream(w, rc);
-    w->next_stream++;
-    return GM_OK;
+    int rc = GM_OK;
+    wtensor *t = stream_target(w, "gm_gguf_writer_stream_tensor", data, &rc, err);
+    if (!t)
+        return rc;
+    if (w->cur_done)
+        return gm_set_error(err, GM_ERR_INVALID, "%s: tensor '%s': %" PRIu64 " of its %" PRIu64
+                            " bytes were already streamed in parts", w->path, t->name, w->cur_done, t->nbytes);
+    return append_part(w, data, (size_t)t->nbytes, err);
+}
+
+int gm_gguf_writer_stream_part(gm_gguf_writer *w, const void *data, size_t n, gm_error *err)
+{
+    if (n == 0 && w && w->f)
+        return GM_OK;
+    int rc = GM_OK;
+    if (!stream_target(w, "gm_gguf_writer_stream_part", data, &rc, err))
+        return rc;
+    return append_part(w, data, n, err);
 }
 
 int gm_gguf_writer_finish(gm_gguf_writer *w, gm_error *err)
@@ -557,9 +607,10 @@ int gm_gguf_writer_finish(gm_gguf_writer *w, gm_error *err)
         return gm_set_error(err, GM_ERR_INVALID, "gm_gguf_writer_finish: writer not started");
     if (w->next_stream != w->n_t)
         return abort_stream(w, gm_set_error(err, GM_ERR_INVALID,
-                                            "%s: only %zu of %zu tensors were streamed (next: '%s')",
-                                            w->path, w->next_stream, w->n_t,
-                                            w->t[w->next_stream].name));
+                                            "%s: only %zu of %zu tensors were streamed (next: '%s', "
+                                            "%" PRIu64 " of %" PRIu64 " bytes)",
+                                            w->path, w->next_stream, w->n_t, w->t[w->next_stream].name,
+                                            w->cur_done, w->t[w->next_stream].nbytes));
     int rc = GM_OK;
     if (fflush(w->f) != 0 || ferror(w->f))
         rc = gm_set_error(err, GM_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));

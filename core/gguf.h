@@ -157,6 +157,12 @@ int gm_gguf_writer_write(gm_gguf_writer *w, const char *path, gm_error *err);
  * in the order the tensors were added, then finish. */
 int gm_gguf_writer_begin(gm_gguf_writer *w, const char *path, gm_error *err);
 int gm_gguf_writer_stream_tensor(gm_gguf_writer *w, const void *data, gm_error *err);
+/* Streams the current tensor's data in parts: appends n bytes of it. Once its nbytes
+ * have been written the tensor is complete (and padded), and the next part starts the
+ * next tensor. A part may not run past the end of the current tensor (GM_ERR_INVALID;
+ * nothing is written); n = 0 does nothing. stream_tensor is one part of the whole
+ * tensor (so it fails after a part of the same tensor). */
+int gm_gguf_writer_stream_part(gm_gguf_writer *w, const void *data, size_t n, gm_error *err);
 int gm_gguf_writer_finish(gm_gguf_writer *w, gm_error *err);
 
 #ifdef __cplusplus

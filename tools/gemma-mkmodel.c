@@ -1,109 +1,13 @@
 /* gemma-mkmodel — writes synthetic Gemma 4 text GGUFs (presets with overrides), or
  * requantizes an existing gemma4 GGUF. See docs/tools.md. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-
-#include <errno.h>
-#include <math.h>
-#include <stdbool.h>
-#include <sys/stat.h>
 
 #include "synth-model.h"
-
-/* The meson target builds this file alone (no tool-common.c), so it carries its own
- * small option parser. Exit codes as the other tools: 0 ok, 1 usage, 3 failure. */
-enum { EXIT_USAGE = 1, EXIT_FAIL = 3 };
+#include "tool-common.h"
 
 static const char *prog = "gemma-mkmodel";
-
-typedef struct args {
-    int argc;
-    char **argv;
-    int i;
-    bool error;
-} args;
-
-static bool is_flag(const args *a, const char *name)
-{
-    return strcmp(a->argv[a->i], name) == 0;
-}
-
-/* "--name VALUE" or "--name=VALUE" (alt may be NULL). */
-static bool opt_str(args *a, const char *name, const char *alt, const char **out)
-{
-    const char *s = a->argv[a->i];
-    const char *names[2] = { name, alt };
-    for (int k = 0; k < 2; k++) {
-        const char *n = names[k];
-        if (!n)
-            continue;
-        size_t len = strlen(n);
-        if (strncmp(s, n, len) != 0)
-            continue;
-        if (s[len] == '=' && n[1] == '-') {
-            *out = s + len + 1;
-            return true;
-        }
-        if (s[len] != '\0')
-            continue;
-        if (a->i + 1 >= a->argc) {
-            fprintf(stderr, "%s: option %s needs a value\n", prog, n);
-            a->error = true;
-            return true;
-        }
-        *out = a->argv[++a->i];
-        return true;
-    }
-    return false;
-}
-
-static bool opt_long(args *a, const char *name, const char *alt, long min, long max, long *out)
-{
-    const char *v = NULL;
-    if (!opt_str(a, name, alt, &v))
-        return false;
-    if (a->error)
-        return true;
-    char *end = NULL;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || end == v || *end || x < min || x > max) {
-        fprintf(stderr, "%s: option %s: \"%s\" is not an integer in [%ld, %ld]\n", prog, name, v, min, max);
-        a->error = true;
-    } else {
-        *out = x;
-    }
-    return true;
-}
-
-static bool opt_double(args *a, const char *name, const char *alt, double min, double max, double *out)
-{
-    const char *v = NULL;
-    if (!opt_str(a, name, alt, &v))
-        return false;
-    if (a->error)
-        return true;
-    char *end = NULL;
-    errno = 0;
-    double x = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(x) || x < min || x > max) {
-        fprintf(stderr, "%s: option %s: \"%s\" is not a number in [%g, %g]\n", prog, name, v, min, max);
-        a->error = true;
-    } else {
-        *out = x;
-    }
-    return true;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f)
 {
@@ -165,80 +69,81 @@ int main(int argc, char **argv)
     int double_wide = -1;
     bool keep_shared = false, k_eq_v = false, no_layer_scale = false, drop_shared = false;
 
-    args a = { .argc = argc, .argv = argv, .i = 1 };
+    tool_args a;
+    tool_args_init(&a, argc, argv, prog);
     const long BIG = 1L << 30;
     for (; a.i < argc && !a.error; a.i++) {
-        if (is_flag(&a, "-h") || is_flag(&a, "--help")) {
+        if (tool_flag(&a, "-h", "--help")) {
             usage(stdout);
             return 0;
         }
-        if (opt_str(&a, "--preset", NULL, &preset) || opt_str(&a, "--vocab", NULL, &vocab) ||
-            opt_str(&a, "--type", NULL, &type_s) || opt_str(&a, "--embd-type", NULL, &embd_type_s) ||
-            opt_str(&a, "-o", "--output", &out) || opt_str(&a, "--from", NULL, &from) ||
-            opt_str(&a, "--name", NULL, &name) || opt_str(&a, "--bidir", NULL, &bidir_s) ||
-            opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &seed) ||
-            opt_long(&a, "--threads", "-t", 0, 1024, &threads) ||
-            opt_long(&a, "--vocab-size", NULL, 1, 1L << 24, &v_vocab) ||
-            opt_long(&a, "--embd", NULL, 1, 65536, &v_embd) ||
-            opt_long(&a, "--layers", NULL, 1, 4096, &v_layers) ||
-            opt_long(&a, "--heads", NULL, 1, 1024, &v_heads) ||
-            opt_long(&a, "--kv-heads", NULL, 1, 1024, &v_kv) ||
-            opt_long(&a, "--kv-heads-full", NULL, 0, 1024, &v_kv_full) ||
-            opt_long(&a, "--head-dim", NULL, 2, 65536, &v_hd) ||
-            opt_long(&a, "--head-dim-full", NULL, 2, 65536, &v_hd_full) ||
-            opt_long(&a, "--ff", NULL, 1, 262144, &v_ff) ||
-            opt_long(&a, "--shared-kv", NULL, 0, 4096, &v_shared) ||
-            opt_long(&a, "--ple", NULL, 0, 65536, &v_ple) ||
-            opt_long(&a, "--window", NULL, 1, BIG, &v_window) ||
-            opt_long(&a, "--swa-period", NULL, 0, 4096, &v_period) ||
-            opt_double(&a, "--rope-theta", NULL, 1e-3, 1e12, &v_theta) ||
-            opt_double(&a, "--rope-theta-swa", NULL, 1e-3, 1e12, &v_theta_swa) ||
-            opt_double(&a, "--partial-rotary", NULL, 0, 1, &v_partial) ||
-            opt_double(&a, "--softcap", NULL, 0, 1e6, &v_softcap))
+        if (tool_opt_str(&a, "--preset", NULL, &preset) || tool_opt_str(&a, "--vocab", NULL, &vocab) ||
+            tool_opt_str(&a, "--type", NULL, &type_s) || tool_opt_str(&a, "--embd-type", NULL, &embd_type_s) ||
+            tool_opt_str(&a, "-o", "--output", &out) || tool_opt_str(&a, "--from", NULL, &from) ||
+            tool_opt_str(&a, "--name", NULL, &name) || tool_opt_str(&a, "--bidir", NULL, &bidir_s) ||
+            tool_opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &seed) ||
+            tool_opt_long(&a, "--threads", "-t", 0, 1024, &threads) ||
+            tool_opt_long(&a, "--vocab-size", NULL, 1, 1L << 24, &v_vocab) ||
+            tool_opt_long(&a, "--embd", NULL, 1, 65536, &v_embd) ||
+            tool_opt_long(&a, "--layers", NULL, 1, 4096, &v_layers) ||
+            tool_opt_long(&a, "--heads", NULL, 1, 1024, &v_heads) ||
+            tool_opt_long(&a, "--kv-heads", NULL, 1, 1024, &v_kv) ||
+            tool_opt_long(&a, "--kv-heads-full", NULL, 0, 1024, &v_kv_full) ||
+            tool_opt_long(&a, "--head-dim", NULL, 2, 65536, &v_hd) ||
+            tool_opt_long(&a, "--head-dim-full", NULL, 2, 65536, &v_hd_full) ||
+            tool_opt_long(&a, "--ff", NULL, 1, 262144, &v_ff) ||
+            tool_opt_long(&a, "--shared-kv", NULL, 0, 4096, &v_shared) ||
+            tool_opt_long(&a, "--ple", NULL, 0, 65536, &v_ple) ||
+            tool_opt_long(&a, "--window", NULL, 1, BIG, &v_window) ||
+            tool_opt_long(&a, "--swa-period", NULL, 0, 4096, &v_period) ||
+            tool_opt_double(&a, "--rope-theta", NULL, 1e-3, 1e12, &v_theta) ||
+            tool_opt_double(&a, "--rope-theta-swa", NULL, 1e-3, 1e12, &v_theta_swa) ||
+            tool_opt_double(&a, "--partial-rotary", NULL, 0, 1, &v_partial) ||
+            tool_opt_double(&a, "--softcap", NULL, 0, 1e6, &v_softcap))
             continue;
-        if (is_flag(&a, "--double-wide")) double_wide = 1;
-        else if (is_flag(&a, "--no-double-wide")) double_wide = 0;
-        else if (is_flag(&a, "--keep-shared-kv")) keep_shared = true;
-        else if (is_flag(&a, "--k-eq-v")) k_eq_v = true;
-        else if (is_flag(&a, "--no-layer-scale")) no_layer_scale = true;
-        else if (is_flag(&a, "--drop-shared-kv")) drop_shared = true;
+        if (tool_flag(&a, "--double-wide", NULL)) double_wide = 1;
+        else if (tool_flag(&a, "--no-double-wide", NULL)) double_wide = 0;
+        else if (tool_flag(&a, "--keep-shared-kv", NULL)) keep_shared = true;
+        else if (tool_flag(&a, "--k-eq-v", NULL)) k_eq_v = true;
+        else if (tool_flag(&a, "--no-layer-scale", NULL)) no_layer_scale = true;
+        else if (tool_flag(&a, "--drop-shared-kv", NULL)) drop_shared = true;
         else {
             fprintf(stderr, "%s: unknown argument \"%s\" (see --help)\n", prog, argv[a.i]);
-            return EXIT_USAGE;
+            return TOOL_EXIT_USAGE;
         }
     }
     if (a.error)
-        return EXIT_USAGE;
+        return TOOL_EXIT_USAGE;
     if (!out) {
         fprintf(stderr, "%s: no output file (-o OUT.gguf)\n", prog);
-        return EXIT_USAGE;
+        return TOOL_EXIT_USAGE;
     }
     if (!!preset == !!from) {
         fprintf(stderr, "%s: give exactly one of --preset NAME or --from FILE\n", prog);
-        return EXIT_USAGE;
+        return TOOL_EXIT_USAGE;
     }
     gm_type type = GM_TYPE_Q8_0, embd_type = GM_TYPE_Q8_0;
     if (type_s && parse_type("--type", type_s, &type) != 0)
-        return EXIT_USAGE;
+        return TOOL_EXIT_USAGE;
     if (embd_type_s && parse_type("--embd-type", embd_type_s, &embd_type) != 0)
-        return EXIT_USAGE;
+        return TOOL_EXIT_USAGE;
 
     gm_error err = { 0 };
-    double t0 = now_s();
+    double t0 = tool_now();
     if (from) {
         if (!type_s) {
             fprintf(stderr, "%s: --from needs --type\n", prog);
-            return EXIT_USAGE;
+            return TOOL_EXIT_USAGE;
         }
         if (gm_synth_requantize(from, out, type, drop_shared, (int)threads, &err) != GM_OK) {
             fprintf(stderr, "%s: %s\n", prog, err.msg);
-            return EXIT_FAIL;
+            return TOOL_EXIT_RUNTIME;
         }
     } else {
         gm_synth_config cfg;
         if (gm_synth_preset(preset, &cfg) != 0) {
             fprintf(stderr, "%s: unknown preset \"%s\" (tiny, test, e2b, e4b)\n", prog, preset);
-            return EXIT_USAGE;
+            return TOOL_EXIT_USAGE;
         }
         bool embd_follows = cfg.embd_type == cfg.wtype;
         if (type_s) {
@@ -279,17 +184,17 @@ int main(int argc, char **argv)
             else if (strcmp(bidir_s, "omit") == 0) cfg.bidir = -1;
             else {
                 fprintf(stderr, "%s: --bidir: \"%s\" is not none, vision or omit\n", prog, bidir_s);
-                return EXIT_USAGE;
+                return TOOL_EXIT_USAGE;
             }
         }
         if (gm_synth_write(&cfg, out, &err) != GM_OK) {
             fprintf(stderr, "%s: %s\n", prog, err.msg);
-            return EXIT_FAIL;
+            return TOOL_EXIT_RUNTIME;
         }
     }
-    double dt = now_s() - t0;
-    struct stat st;
-    double mib = stat(out, &st) == 0 ? (double)st.st_size / (1024.0 * 1024.0) : 0.0;
+    double dt = tool_now() - t0;
+    long long size = tool_file_size(out);
+    double mib = size >= 0 ? (double)size / (1024.0 * 1024.0) : 0.0;
     fprintf(stderr, "%s: wrote %s (%.1f MiB) in %.2f s\n", prog, out, mib, dt);
     return 0;
 }

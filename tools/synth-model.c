@@ -8,14 +8,12 @@
  * by any number of threads in any order and the result is the same, and the same seed
  * gives the same underlying values whatever the storage type.
  *
- * Files are streamed tensor by tensor; only one tensor's bytes are in memory at a time
- * (tensors above BIG_TENSOR_BYTES go through an unlinked temporary file mapping so the
- * kernel can write them back instead of holding them in RAM).
+ * Files are streamed in chunks of whole rows (at most CHUNK_BYTES, one part of a tensor
+ * each): the pool fills one chunk buffer while a writer thread writes the other, so
+ * memory stays at two chunks whatever the size of the embedding tables.
  */
 #include "synth-model.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/gguf.h"
@@ -32,7 +29,7 @@
 #include "decoder/tokenizer.h"
 
 #define GOLDEN 0x9E3779B97F4A7C15ull
-#define BIG_TENSOR_BYTES ((size_t)2 << 30)
+#define CHUNK_BYTES ((size_t)64 << 20)
 #define CONTEXT_LENGTH 131072u
 #define RMS_EPS 1e-6f
 
@@ -60,11 +57,12 @@ static inline float uniform_from(uint64_t h)
     return (float)(h >> 40) * (1.0f / 16777216.0f);
 }
 
-static uint64_t fnv1a(const char *s)
+/* 64-bit FNV-1a (tensor keys and the vocabulary index). */
+static uint64_t hash_bytes(const char *s, size_t len)
 {
     uint64_t h = 0xCBF29CE484222325ull;
-    for (; *s; s++) {
-        h ^= (uint8_t)*s;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)s[i];
         h *= 0x100000001B3ull;
     }
     return h;
@@ -114,121 +112,26 @@ static uint32_t llama_ftype(gm_type t)
     }
 }
 
-/* Converts one row of floats to `type`. Returns 0 or -1 (unsupported). */
-static int convert_row(gm_type type, const float *src, void *dst, int64_t n)
-{
-    switch (type) {
-    case GM_TYPE_F32:
-        memcpy(dst, src, (size_t)n * sizeof(float));
-        return 0;
-    case GM_TYPE_F16: {
-        gm_fp16 *d = dst;
-        for (int64_t i = 0; i < n; i++)
-            d[i] = gm_fp32_to_fp16(src[i]);
-        return 0;
-    }
-    case GM_TYPE_BF16: {
-        gm_bf16 *d = dst;
-        for (int64_t i = 0; i < n; i++)
-            d[i] = gm_fp32_to_bf16(src[i]);
-        return 0;
-    }
-    default:
-        return gm_quantize_row(type, src, dst, n);
-    }
-}
-
 /* ------------------------------------------------------------------------------------ */
-/* Output buffers: one tensor at a time                                                  */
+/* Writer thread: streams one part while the pool generates the next                   */
 
-typedef struct tbuf {
-    uint8_t *p;
+/* A piece of a tensor's data for the writer thread. */
+typedef struct part {
+    const uint8_t *p;
     size_t n;
-    int fd;       /* >= 0: a temporary file backs the mapping */
-    bool mapped;
-    bool borrowed; /* points into someone else's memory (an input mapping): not freed */
-} tbuf;
+    bool input; /* pages of the input mapping: dropped once written */
+} part;
 
-static void dir_of(const char *path, char *out, size_t cap)
+/* Drops pages of the input mapping we are done with (they stay in the page cache), so
+ * converting a 10 GB file does not show 10 GB resident. */
+static void drop_input_pages(const void *p, size_t n)
 {
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(out, cap, ".");
-    else if (slash == path)
-        snprintf(out, cap, "/");
-    else
-        snprintf(out, cap, "%.*s", (int)(slash - path), path);
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t hi = ((uintptr_t)p + n) & ~((uintptr_t)page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
-
-static int tbuf_alloc(tbuf *b, size_t n, const char *out_path, gm_error *err)
-{
-    b->p = NULL;
-    b->n = n;
-    b->fd = -1;
-    b->mapped = false;
-    b->borrowed = false;
-    if (n == 0)
-        n = 1;
-    if (n < BIG_TENSOR_BYTES) {
-        b->p = malloc(n);
-        if (!b->p)
-            return gm_set_error(err, GM_ERR_NOMEM, "out of memory for a %zu-byte tensor", n);
-        return GM_OK;
-    }
-    /* Huge tensor: back it by an unlinked file beside the output so the kernel can page
-     * it out instead of keeping gigabytes resident. */
-    char dir[4096];
-    dir_of(out_path, dir, sizeof dir);
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        char tmpl[4200];
-        snprintf(tmpl, sizeof tmpl, "%s/.gemma-synth-XXXXXX", dir);
-        fd = mkstemp(tmpl);
-        if (fd >= 0)
-            unlink(tmpl);
-    }
-    if (fd < 0)
-        return gm_set_error(err, GM_ERR_IO, "%s: cannot create a temporary file: %s", dir, strerror(errno));
-    if (ftruncate(fd, (off_t)n) != 0) {
-        int e = errno;
-        close(fd);
-        return gm_set_error(err, GM_ERR_IO, "%s: cannot size a %zu-byte temporary file: %s", dir, n,
-                            strerror(e));
-    }
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        return gm_set_error(err, GM_ERR_IO, "%s: cannot map a %zu-byte temporary file: %s", dir, n,
-                            strerror(e));
-    }
-    b->p = p;
-    b->fd = fd;
-    b->mapped = true;
-    return GM_OK;
-}
-
-static void tbuf_free(tbuf *b)
-{
-    if (b->borrowed) {
-        /* Done with these input pages: drop them from our mapping (they stay in the page
-         * cache), so converting a 10 GB file does not show 10 GB resident. */
-        long page = sysconf(_SC_PAGESIZE);
-        uintptr_t lo = ((uintptr_t)b->p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
-        uintptr_t hi = ((uintptr_t)b->p + b->n) & ~((uintptr_t)page - 1);
-        if (hi > lo)
-            madvise((void *)lo, hi - lo, MADV_DONTNEED);
-    } else if (b->mapped) {
-        munmap(b->p, b->n);
-        close(b->fd);
-    } else {
-        free(b->p);
-    }
-    b->p = NULL;
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Writer thread: streams tensor i while the pool generates tensor i+1                  */
 
 typedef struct wthread {
     pthread_t th;
@@ -236,7 +139,7 @@ typedef struct wthread {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     gm_gguf_writer *w;
-    tbuf pending;
+    part pending;
     bool has_pending, quit;
     int rc;
     gm_error err;
@@ -251,12 +154,13 @@ static void *wthread_main(void *arg)
             pthread_cond_wait(&t->cv, &t->mu);
         if (!t->has_pending)
             break;
-        tbuf b = t->pending;
+        part b = t->pending;
         bool skip = t->rc != GM_OK;
         pthread_mutex_unlock(&t->mu);
         gm_error e = { 0 };
-        int rc = skip ? GM_OK : gm_gguf_writer_stream_tensor(t->w, b.p, &e);
-        tbuf_free(&b);
+        int rc = skip ? GM_OK : gm_gguf_writer_stream_part(t->w, b.p, b.n, &e);
+        if (b.input)
+            drop_input_pages(b.p, b.n);
         pthread_mutex_lock(&t->mu);
         if (rc != GM_OK && t->rc == GM_OK) {
             t->rc = rc;
@@ -284,28 +188,26 @@ static int wthread_start(wthread *t, gm_gguf_writer *w, gm_error *err)
     return GM_OK;
 }
 
-/* Hands a filled buffer to the writer (which frees it), after the previous one is
- * written. On an earlier write error the buffer is freed and that error returned. */
-static int wthread_submit(wthread *t, tbuf *b, gm_error *err)
+/* Hands a part to the writer once the previous one is written, so when this returns
+ * only this part is in flight. Returns an earlier write error instead. */
+static int wthread_submit(wthread *t, part b, gm_error *err)
 {
     pthread_mutex_lock(&t->mu);
     while (t->has_pending)
         pthread_cond_wait(&t->cv, &t->mu);
     int rc = t->rc;
     if (rc == GM_OK) {
-        t->pending = *b;
+        t->pending = b;
         t->has_pending = true;
         pthread_cond_broadcast(&t->cv);
     } else if (err) {
         *err = t->err;
     }
     pthread_mutex_unlock(&t->mu);
-    if (rc != GM_OK)
-        tbuf_free(b);
     return rc;
 }
 
-/* Waits for the last buffer and stops the thread; returns the first write error. */
+/* Waits for the last part and stops the thread; returns the first write error. */
 static int wthread_stop(wthread *t, gm_error *err)
 {
     if (!t->started)
@@ -378,7 +280,8 @@ typedef struct row_job {
     gm_type out_type;
     int64_t ne0, n_rows;
     size_t out_row_bytes;
-    uint8_t *dst;
+    int64_t row0, chunk_rows; /* the chunk being made: rows [row0, row0 + chunk_rows) */
+    uint8_t *dst;             /* its output, chunk_rows * out_row_bytes */
     float **scratch;     /* one row of floats per worker */
     atomic_int failed;   /* set by any worker on a conversion error */
 } row_job;
@@ -411,20 +314,21 @@ static void row_worker(void *ctx, int ith, int nth)
 {
     row_job *job = ctx;
     long r0, r1;
-    gm_pool_range((long)job->n_rows, ith, nth, &r0, &r1);
+    gm_pool_range((long)job->chunk_rows, ith, nth, &r0, &r1);
     float *buf = job->scratch[ith];
     for (long r = r0; r < r1 && !job->failed; r++) {
+        const int64_t row = job->row0 + r;
         if (job->src) {
             const uint8_t *src = (const uint8_t *)job->src->data +
-                                 (size_t)r * gm_row_size(job->src->type, job->ne0);
+                                 (size_t)row * gm_row_size(job->src->type, job->ne0);
             if (gm_dequantize_row(job->src->type, src, buf, job->ne0) != 0) {
                 job->failed = 1;
                 return;
             }
         } else {
-            gen_row(job->t, r, buf);
+            gen_row(job->t, row, buf);
         }
-        if (convert_row(job->out_type, buf, job->dst + (size_t)r * job->out_row_bytes, job->ne0) != 0) {
+        if (gm_quantize_row(job->out_type, buf, job->dst + (size_t)r * job->out_row_bytes, job->ne0) != 0) {
             job->failed = 1;
             return;
         }
@@ -436,6 +340,10 @@ typedef struct runner {
     int n_threads;
     float **scratch;
     int64_t scratch_n;
+    /* Chunk buffers, used in turn: the pool fills one while the writer writes the other. */
+    uint8_t *chunk[2];
+    size_t chunk_cap[2];
+    int next_chunk;
 } runner;
 
 static int runner_init(runner *r, int n_threads, int64_t max_row, gm_error *err)
@@ -457,12 +365,34 @@ static int runner_init(runner *r, int n_threads, int64_t max_row, gm_error *err)
     return GM_OK;
 }
 
+/* The buffer for the next chunk, of at least n bytes. Not in flight: the writer has
+ * finished the one before the last submitted part (wthread_submit). */
+static uint8_t *runner_chunk(runner *r, size_t n, gm_error *err)
+{
+    const int k = r->next_chunk;
+    if (r->chunk_cap[k] < n) {
+        free(r->chunk[k]);
+        r->chunk_cap[k] = 0;
+        r->chunk[k] = malloc(n);
+        if (!r->chunk[k]) {
+            gm_set_error(err, GM_ERR_NOMEM, "out of memory for a %zu-byte chunk", n);
+            return NULL;
+        }
+        r->chunk_cap[k] = n;
+    }
+    r->next_chunk ^= 1;
+    return r->chunk[k];
+}
+
+/* Must run after the writer thread has stopped (it may still read a chunk). */
 static void runner_free(runner *r)
 {
     if (r->scratch)
         for (int i = 0; i < r->n_threads; i++)
             free(r->scratch[i]);
     free(r->scratch);
+    free(r->chunk[0]);
+    free(r->chunk[1]);
     gm_pool_destroy(r->pool);
     memset(r, 0, sizeof *r);
 }
@@ -511,16 +441,6 @@ static const char *vocab_store(vocab *v, const char *s, size_t len)
     p[len] = '\0';
     v->chunk_used += len + 1;
     return p;
-}
-
-static uint64_t hash_bytes(const char *s, size_t len)
-{
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)s[i];
-        h *= 0x100000001B3ull;
-    }
-    return h;
 }
 
 /* Returns the slot for s: holding its id+1, or 0 (free). */
@@ -843,100 +763,55 @@ static int add_generated_vocab(gm_gguf_writer *w, uint32_t n_vocab, gm_error *er
 /* ------------------------------------------------------------------------------------ */
 /* Presets                                                                               */
 
-static void preset_common(gm_synth_config *c)
-{
-    memset(c, 0, sizeof *c);
-    c->rope_theta_swa = 10000.0f;
-    c->rope_theta_full = 1000000.0f;
-    c->partial_rotary = 0.25f;
-    c->final_softcap = 30.0f;
-    c->bidir = -1;
-    c->layer_scale = true;
-    c->seed = 1;
-    c->n_vocab = 262144;
-}
+/* The presets' shapes and types; gm_synth_preset adds what they share. */
+static const struct preset {
+    const char *id;
+    gm_synth_config c;
+} presets[] = {
+    { "e2b", { .name = "Gemma 4 E2B (synthetic)", .n_embd = 1536, .n_layer = 35, .n_head = 8, .n_head_kv = 1,
+               .head_dim_swa = 256, .head_dim_full = 512, .n_ff = 6144, .double_wide = true, .n_shared_kv = 20,
+               .n_embd_per_layer = 256, .sliding_window = 512, .swa_period = 5,
+               .wtype = GM_TYPE_Q4_0, .embd_type = GM_TYPE_Q4_0 } },
+    { "e4b", { .name = "Gemma 4 E4B (synthetic)", .n_embd = 2560, .n_layer = 42, .n_head = 8, .n_head_kv = 2,
+               .head_dim_swa = 256, .head_dim_full = 512, .n_ff = 10240, .double_wide = false, .n_shared_kv = 18,
+               .n_embd_per_layer = 256, .sliding_window = 512, .swa_period = 6,
+               .wtype = GM_TYPE_Q4_0, .embd_type = GM_TYPE_Q4_0 } },
+    /* The README's demo model: real vocabulary, small everything else. Layers S F S F
+     * with the last two KV-shared (reading layers 0 and 1). The embedding tables are
+     * Q4_0 to keep the file small: at 262144 rows they dominate it. */
+    { "tiny", { .name = "Gemma 4 tiny (synthetic)", .n_embd = 64, .n_layer = 4, .n_head = 4, .n_head_kv = 2,
+                .head_dim_swa = 32, .head_dim_full = 64, .n_ff = 256, .double_wide = true, .n_shared_kv = 2,
+                .n_embd_per_layer = 16, .sliding_window = 32, .swa_period = 2,
+                .wtype = GM_TYPE_Q8_0, .embd_type = GM_TYPE_Q4_0 } },
+    /* Unit-test model: layers S S F S S F; layers 4 (sliding) and 5 (full) share the KV
+     * of layers 3 and 2. */
+    { "test", { .name = "Gemma 4 test (synthetic)", .n_vocab = 384, .n_embd = 64, .n_layer = 6, .n_head = 4,
+                .n_head_kv = 2, .head_dim_swa = 16, .head_dim_full = 32, .n_ff = 128, .double_wide = true,
+                .n_shared_kv = 2, .n_embd_per_layer = 8, .sliding_window = 8, .swa_period = 3,
+                .wtype = GM_TYPE_F32, .embd_type = GM_TYPE_F32 } },
+};
 
 int gm_synth_preset(const char *name, gm_synth_config *out)
 {
     if (!name || !out)
         return -1;
-    gm_synth_config c;
-    preset_common(&c);
-    if (strcmp(name, "e2b") == 0) {
-        snprintf(c.name, sizeof c.name, "Gemma 4 E2B (synthetic)");
-        c.n_embd = 1536;
-        c.n_layer = 35;
-        c.n_head = 8;
-        c.n_head_kv = 1;
-        c.head_dim_swa = 256;
-        c.head_dim_full = 512;
-        c.n_ff = 6144;
-        c.double_wide = true;
-        c.n_shared_kv = 20;
-        c.n_embd_per_layer = 256;
-        c.sliding_window = 512;
-        c.swa_period = 5;
-        c.wtype = GM_TYPE_Q4_0;
-        c.embd_type = GM_TYPE_Q4_0;
-    } else if (strcmp(name, "e4b") == 0) {
-        snprintf(c.name, sizeof c.name, "Gemma 4 E4B (synthetic)");
-        c.n_embd = 2560;
-        c.n_layer = 42;
-        c.n_head = 8;
-        c.n_head_kv = 2;
-        c.head_dim_swa = 256;
-        c.head_dim_full = 512;
-        c.n_ff = 10240;
-        c.double_wide = false;
-        c.n_shared_kv = 18;
-        c.n_embd_per_layer = 256;
-        c.sliding_window = 512;
-        c.swa_period = 6;
-        c.wtype = GM_TYPE_Q4_0;
-        c.embd_type = GM_TYPE_Q4_0;
-    } else if (strcmp(name, "tiny") == 0) {
-        /* The README's demo model: real vocabulary, small everything else. Layers
-         * S F S F with the last two KV-shared (reading layers 0 and 1). The embedding
-         * tables are Q4_0 to keep the file small: at 262144 rows they dominate it. */
-        snprintf(c.name, sizeof c.name, "Gemma 4 tiny (synthetic)");
-        c.n_embd = 64;
-        c.n_layer = 4;
-        c.n_head = 4;
-        c.n_head_kv = 2;
-        c.head_dim_swa = 32;
-        c.head_dim_full = 64;
-        c.n_ff = 256;
-        c.double_wide = true;
-        c.n_shared_kv = 2;
-        c.n_embd_per_layer = 16;
-        c.sliding_window = 32;
-        c.swa_period = 2;
-        c.wtype = GM_TYPE_Q8_0;
-        c.embd_type = GM_TYPE_Q4_0;
-    } else if (strcmp(name, "test") == 0) {
-        /* Unit-test model: layers S S F S S F; layers 4 (sliding) and 5 (full) share the
-         * KV of layers 3 and 2. */
-        snprintf(c.name, sizeof c.name, "Gemma 4 test (synthetic)");
-        c.n_vocab = 384;
-        c.n_embd = 64;
-        c.n_layer = 6;
-        c.n_head = 4;
-        c.n_head_kv = 2;
-        c.head_dim_swa = 16;
-        c.head_dim_full = 32;
-        c.n_ff = 128;
-        c.double_wide = true;
-        c.n_shared_kv = 2;
-        c.n_embd_per_layer = 8;
-        c.sliding_window = 8;
-        c.swa_period = 3;
-        c.wtype = GM_TYPE_F32;
-        c.embd_type = GM_TYPE_F32;
-    } else {
-        return -1;
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        if (strcmp(name, presets[i].id) != 0)
+            continue;
+        gm_synth_config c = presets[i].c;
+        if (c.n_vocab == 0)
+            c.n_vocab = 262144; /* the real Gemma 4 vocabulary size */
+        c.rope_theta_swa = 10000.0f;
+        c.rope_theta_full = 1000000.0f;
+        c.partial_rotary = 0.25f;
+        c.final_softcap = 30.0f;
+        c.bidir = -1;
+        c.layer_scale = true;
+        c.seed = 1;
+        *out = c;
+        return 0;
     }
-    *out = c;
-    return 0;
+    return -1;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -1006,6 +881,22 @@ static uint32_t layer_kv_heads(const gm_synth_config *c, uint32_t il)
     return !layer_is_swa(c, il) && c->n_head_kv_full ? c->n_head_kv_full : c->n_head_kv;
 }
 
+/* A "scalar or per-layer" key: the per-layer array when per_layer, else the scalar
+ * (also when the array cannot be allocated). */
+static void add_u32_or_per_layer(gm_gguf_writer *w, const char *key, const gm_synth_config *c, bool per_layer,
+                                 uint32_t (*of_layer)(const gm_synth_config *c, uint32_t il), uint32_t scalar)
+{
+    int32_t *arr = per_layer ? malloc((size_t)c->n_layer * sizeof *arr) : NULL;
+    if (!arr) {
+        gm_gguf_add_u32(w, key, scalar);
+        return;
+    }
+    for (uint32_t il = 0; il < c->n_layer; il++)
+        arr[il] = (int32_t)of_layer(c, il);
+    gm_gguf_add_arr_i32(w, key, arr, c->n_layer);
+    free(arr);
+}
+
 static void add_metadata(gm_gguf_writer *w, const gm_synth_config *c)
 {
     const uint32_t L = c->n_layer;
@@ -1018,23 +909,11 @@ static void add_metadata(gm_gguf_writer *w, const gm_synth_config *c)
     gm_gguf_add_u32(w, "gemma4.context_length", CONTEXT_LENGTH);
     gm_gguf_add_u32(w, "gemma4.embedding_length", c->n_embd);
 
-    int32_t *arr = malloc((size_t)L * sizeof *arr);
-    bool *pat = malloc((size_t)L * sizeof *pat);
-    if (c->double_wide && arr) {
-        for (uint32_t il = 0; il < L; il++)
-            arr[il] = (int32_t)layer_ff(c, il);
-        gm_gguf_add_arr_i32(w, "gemma4.feed_forward_length", arr, L);
-    } else {
-        gm_gguf_add_u32(w, "gemma4.feed_forward_length", c->n_ff);
-    }
+    add_u32_or_per_layer(w, "gemma4.feed_forward_length", c, c->double_wide, layer_ff, c->n_ff);
     gm_gguf_add_u32(w, "gemma4.attention.head_count", c->n_head);
-    if (c->n_head_kv_full && arr) {
-        for (uint32_t il = 0; il < L; il++)
-            arr[il] = (int32_t)layer_kv_heads(c, il);
-        gm_gguf_add_arr_i32(w, "gemma4.attention.head_count_kv", arr, L);
-    } else {
-        gm_gguf_add_u32(w, "gemma4.attention.head_count_kv", c->n_head_kv);
-    }
+    add_u32_or_per_layer(w, "gemma4.attention.head_count_kv", c, c->n_head_kv_full != 0, layer_kv_heads,
+                         c->n_head_kv);
+    bool *pat = malloc((size_t)L * sizeof *pat);
     gm_gguf_add_f32(w, "gemma4.rope.freq_base", c->rope_theta_full);
     gm_gguf_add_f32(w, "gemma4.rope.freq_base_swa", c->rope_theta_swa);
     gm_gguf_add_f32(w, "gemma4.attention.layer_norm_rms_epsilon", RMS_EPS);
@@ -1056,7 +935,6 @@ static void add_metadata(gm_gguf_writer *w, const gm_synth_config *c)
     gm_gguf_add_u32(w, "gemma4.rope.dimension_count_swa", c->head_dim_swa);
     if (c->bidir >= 0)
         gm_gguf_add_str(w, "gemma4.use_bidirectional_attention", c->bidir ? "vision" : "none");
-    free(arr);
     free(pat);
 }
 
@@ -1140,29 +1018,78 @@ static int build_tensors(const gm_synth_config *c, uint32_t n_vocab, tlist *l, g
 #undef VECTOR
 #undef NORM
     for (size_t i = 0; i < l->n; i++)
-        l->v[i].key = mix64(c->seed ^ mix64(fnv1a(l->v[i].name)));
+        l->v[i].key = mix64(c->seed ^ mix64(hash_bytes(l->v[i].name, strlen(l->v[i].name))));
     return GM_OK;
 }
 
-/* Runs a row job over the pool into a fresh buffer and hands it to the writer thread. */
-static int emit_rows(wthread *wt, runner *rn, row_job *job, const char *out_path, const char *tname,
-                     gm_error *err)
+/* The writing side that gm_synth_write and gm_synth_requantize share: the pool with
+ * its chunk buffers, the GGUF writer (tensors added before output_begin) and the writer
+ * thread. */
+typedef struct output {
+    gm_gguf_writer *w;
+    const char *path;
+    runner rn;
+    wthread wt;
+    bool begun;
+} output;
+
+static int output_begin(output *o, int n_threads, int64_t max_row, gm_error *err)
 {
-    tbuf b;
-    size_t nbytes = job->out_row_bytes * (size_t)job->n_rows;
-    int rc = tbuf_alloc(&b, nbytes, out_path, err);
+    int rc = runner_init(&o->rn, n_threads, max_row, err);
+    if (rc == GM_OK)
+        rc = gm_gguf_writer_begin(o->w, o->path, err);
     if (rc != GM_OK)
         return rc;
-    job->dst = b.p;
+    o->begun = true;
+    return wthread_start(&o->wt, o->w, err);
+}
+
+/* Waits for the last part and completes the file. */
+static int output_finish(output *o, gm_error *err)
+{
+    int rc = wthread_stop(&o->wt, err);
+    return rc == GM_OK ? gm_gguf_writer_finish(o->w, err) : rc;
+}
+
+/* Stops the writer thread, then frees; the file is removed unless rc is GM_OK. */
+static void output_close(output *o, int rc)
+{
+    if (o->wt.started) {
+        gm_error ignored;
+        wthread_stop(&o->wt, &ignored);
+    }
+    if (rc != GM_OK && o->begun)
+        unlink(o->path);
+    runner_free(&o->rn);
+    gm_gguf_writer_free(o->w);
+}
+
+/* Makes a tensor in chunks of whole rows over the pool and hands each to the writer
+ * thread as one part of the tensor. */
+static int emit_rows(output *o, row_job *job, const char *tname, gm_error *err)
+{
+    runner *rn = &o->rn;
+    int64_t per_chunk = (int64_t)(CHUNK_BYTES / job->out_row_bytes);
+    if (per_chunk < 1)
+        per_chunk = 1;
     job->scratch = rn->scratch;
     job->failed = 0;
-    gm_pool_run(rn->pool, row_worker, job);
-    if (job->failed) {
-        tbuf_free(&b);
-        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s: cannot convert to %s", out_path, tname,
-                            gm_type_name(job->out_type));
+    for (int64_t r0 = 0; r0 < job->n_rows; r0 += per_chunk) {
+        job->row0 = r0;
+        job->chunk_rows = job->n_rows - r0 < per_chunk ? job->n_rows - r0 : per_chunk;
+        size_t nbytes = job->out_row_bytes * (size_t)job->chunk_rows;
+        job->dst = runner_chunk(rn, nbytes, err);
+        if (!job->dst)
+            return err ? err->code : GM_ERR_NOMEM;
+        gm_pool_run(rn->pool, row_worker, job);
+        if (job->failed)
+            return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s: cannot convert to %s", o->path, tname,
+                                gm_type_name(job->out_type));
+        int rc = wthread_submit(&o->wt, (part){ .p = job->dst, .n = nbytes }, err);
+        if (rc != GM_OK)
+            return rc;
     }
-    return wthread_submit(wt, &b, err);
+    return GM_OK;
 }
 
 int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err)
@@ -1193,11 +1120,9 @@ int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err)
         return gm_set_error(err, GM_ERR_INVALID, "synthetic model: n_vocab must be positive");
     }
 
-    gm_gguf_writer *w = gm_gguf_writer_new();
+    output o = { .w = gm_gguf_writer_new(), .path = path };
+    gm_gguf_writer *w = o.w;
     tlist tl = { 0 };
-    runner rn = { 0 };
-    wthread wt = { 0 };
-    bool begun = false;
     if (!w) {
         rc = gm_set_error(err, GM_ERR_NOMEM, "out of memory");
         goto done;
@@ -1225,14 +1150,7 @@ int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err)
         if (rc != GM_OK)
             goto done;
     }
-    rc = runner_init(&rn, cfg->n_threads, max_row, err);
-    if (rc != GM_OK)
-        goto done;
-    rc = gm_gguf_writer_begin(w, path, err);
-    if (rc != GM_OK)
-        goto done;
-    begun = true;
-    rc = wthread_start(&wt, w, err);
+    rc = output_begin(&o, cfg->n_threads, max_row, err);
     if (rc != GM_OK)
         goto done;
     for (size_t i = 0; i < tl.n; i++) {
@@ -1244,24 +1162,15 @@ int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err)
             .n_rows = t->n_dims > 1 ? t->ne[1] : 1,
             .out_row_bytes = gm_row_size(t->type, t->ne[0]),
         };
-        rc = emit_rows(&wt, &rn, &job, path, t->name, err);
+        rc = emit_rows(&o, &job, t->name, err);
         if (rc != GM_OK)
             goto done;
     }
-    rc = wthread_stop(&wt, err);
-    if (rc == GM_OK)
-        rc = gm_gguf_writer_finish(w, err);
+    rc = output_finish(&o, err);
 
 done:
-    if (wt.started) {
-        gm_error ignored;
-        wthread_stop(&wt, &ignored);
-    }
-    if (rc != GM_OK && begun)
-        unlink(path);
-    runner_free(&rn);
+    output_close(&o, rc);
     free(tl.v);
-    gm_gguf_writer_free(w);
     gm_gguf_close(vocab_src);
     return rc;
 }
@@ -1313,12 +1222,10 @@ int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type,
     gm_gguf *g = gm_gguf_open(in_path, err);
     if (!g)
         return err ? err->code : GM_ERR_IO;
+    output o = { .path = out_path };
     gm_gguf_writer *w = NULL;
-    runner rn = { 0 };
     bool *keep = NULL;
     gm_type *otype = NULL;
-    wthread wt = { 0 };
-    bool begun = false;
     int rc = GM_OK;
 
     char *arch = NULL;
@@ -1340,7 +1247,7 @@ int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type,
         goto done;
     }
 
-    w = gm_gguf_writer_new();
+    w = o.w = gm_gguf_writer_new();
     keep = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *keep);
     otype = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *otype);
     if (!w || !keep || !otype) {
@@ -1375,14 +1282,7 @@ int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type,
         if (rc != GM_OK)
             goto done;
     }
-    rc = runner_init(&rn, n_threads, max_row, err);
-    if (rc != GM_OK)
-        goto done;
-    rc = gm_gguf_writer_begin(w, out_path, err);
-    if (rc != GM_OK)
-        goto done;
-    begun = true;
-    rc = wthread_start(&wt, w, err);
+    rc = output_begin(&o, n_threads, max_row, err);
     if (rc != GM_OK)
         goto done;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -1391,8 +1291,7 @@ int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type,
             continue;
         if (otype[i] == t->type) {
             /* Unchanged: straight from the input mapping. */
-            tbuf b = { .p = (uint8_t *)(uintptr_t)t->data, .n = t->nbytes, .fd = -1, .borrowed = true };
-            rc = wthread_submit(&wt, &b, err);
+            rc = wthread_submit(&o.wt, (part){ .p = t->data, .n = t->nbytes, .input = true }, err);
         } else {
             int64_t n_el = 1;
             for (uint32_t d = 0; d < t->n_dims; d++)
@@ -1404,31 +1303,20 @@ int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type,
                 .n_rows = t->ne[0] ? n_el / t->ne[0] : 0,
                 .out_row_bytes = gm_row_size(otype[i], t->ne[0]),
             };
-            rc = emit_rows(&wt, &rn, &job, out_path, t->name, err);
-            if (rc == GM_OK) {
-                tbuf in = { .p = (uint8_t *)(uintptr_t)t->data, .n = t->nbytes, .fd = -1, .borrowed = true };
-                tbuf_free(&in);
-            }
+            rc = emit_rows(&o, &job, t->name, err);
+            if (rc == GM_OK)
+                drop_input_pages(t->data, t->nbytes);
         }
         if (rc != GM_OK)
             goto done;
     }
-    rc = wthread_stop(&wt, err);
-    if (rc == GM_OK)
-        rc = gm_gguf_writer_finish(w, err);
+    rc = output_finish(&o, err);
 
 done:
-    if (wt.started) {
-        gm_error ignored;
-        wthread_stop(&wt, &ignored);
-    }
-    if (rc != GM_OK && begun)
-        unlink(out_path);
+    output_close(&o, rc);
     free(arch);
     free(keep);
     free(otype);
-    runner_free(&rn);
-    gm_gguf_writer_free(w);
     gm_gguf_close(g);
     return rc;
 }

@@ -1,5 +1,5 @@
-/* tool-common.h — what gemma-run and gemma-bench share: option parsing, exit codes,
- * timing, resident memory, reading input. */
+/* tool-common.h — what gemma-run, gemma-bench and gemma-mkmodel share: option parsing,
+ * exit codes, timing, resident memory, reading input. */
 #pragma once
 
 #include <stdbool.h>

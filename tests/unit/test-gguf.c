@@ -322,11 +322,34 @@ static void check_roundtrip_contents(const gm_gguf *g, uint32_t alignment)
     CHECK(gm_gguf_find_kv(g, "nope") == NULL);
 }
 
+/* Streams every test tensor in parts of uneven sizes (including empty parts), none
+ * crossing a tensor's end. */
+static int stream_in_parts(gm_gguf_writer *w, gm_error *err)
+{
+    static const size_t sizes[] = { 1, 7, 0, 33, 3, 129, 64, 5 };
+    size_t k = 0;
+    int rc = GM_OK;
+    for (size_t i = 0; rc == GM_OK && i < N_TEST_TENSORS; i++) {
+        size_t n = spec_nbytes(&test_tensors[i]);
+        uint8_t *d = spec_data(i, n);
+        for (size_t off = 0; rc == GM_OK && off < n; k++) {
+            size_t part = sizes[k % (sizeof sizes / sizeof sizes[0])];
+            if (part > n - off)
+                part = n - off;
+            rc = gm_gguf_writer_stream_part(w, d + off, part, err);
+            off += part;
+        }
+        free(d);
+    }
+    return rc;
+}
+
 static void test_roundtrip(uint32_t alignment)
 {
-    char name[64], sname[64];
+    char name[64], sname[64], pname[64];
     snprintf(name, sizeof name, "rt-%u.gguf", alignment);
     snprintf(sname, sizeof sname, "rt-stream-%u.gguf", alignment);
+    snprintf(pname, sizeof pname, "rt-parts-%u.gguf", alignment);
     gm_error err = { 0 };
 
     gm_gguf_writer *w = gm_gguf_writer_new();
@@ -364,6 +387,24 @@ static void test_roundtrip(uint32_t alignment)
     CHECK(a && b && n1 == n2 && memcmp(a, b, n1) == 0);
     /* every tensor's data is padded, so the file ends on an alignment boundary */
     CHECK(n1 % alignment == 0);
+
+    /* Streaming in parts produces the same bytes as well. */
+    w = gm_gguf_writer_new();
+    gm_gguf_writer_set_alignment(w, alignment);
+    fill_writer(w, false);
+    rc = gm_gguf_writer_begin(w, tmp_path(pname), &err);
+    CHECKF(rc == GM_OK, "begin: %s", err.msg);
+    if (rc == GM_OK) {
+        rc = stream_in_parts(w, &err);
+        CHECKF(rc == GM_OK, "stream parts: %s", err.msg);
+    }
+    rc = gm_gguf_writer_finish(w, &err);
+    CHECKF(rc == GM_OK, "finish: %s", err.msg);
+    gm_gguf_writer_free(w);
+    size_t n3 = 0;
+    uint8_t *c = read_file(tmp_path(pname), &n3);
+    CHECK(a && c && n1 == n3 && memcmp(a, c, n1) == 0);
+    free(c);
 
     /* The same bytes parse from memory too. */
     g = gm_gguf_open_memory(a, n1, name, &err);
@@ -805,6 +846,60 @@ static void test_writer_errors(void)
     CHECK(access(tmp_path("abandoned.gguf"), F_OK) != 0);
 }
 
+/* Misuse of stream_part: a part past a tensor's end, mixing with stream_tensor,
+ * finishing mid-tensor, data after the last tensor. */
+static void test_stream_part_errors(void)
+{
+    gm_error err = { 0 };
+    const int64_t ne_a[1] = { 10 }, ne_b[1] = { 3 }; /* F32: 40 and 12 bytes */
+    uint8_t data[64];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 7 + 1);
+
+    gm_gguf_writer *w = gm_gguf_writer_new();
+    CHECK(gm_gguf_writer_stream_part(w, data, 4, &err) == GM_ERR_INVALID && strstr(err.msg, "not started"));
+    CHECK(gm_gguf_add_tensor(w, "a", GM_TYPE_F32, 1, ne_a, NULL, &err) == GM_OK);
+    CHECK(gm_gguf_add_tensor(w, "b", GM_TYPE_F32, 1, ne_b, NULL, &err) == GM_OK);
+    CHECK(gm_gguf_writer_begin(w, tmp_path("parts.gguf"), &err) == GM_OK);
+    /* one byte too many for "a" in one part, and after a first part */
+    CHECK(gm_gguf_writer_stream_part(w, data, 41, &err) == GM_ERR_INVALID && strstr(err.msg, "'a'") &&
+          strstr(err.msg, "41"));
+    CHECK(gm_gguf_writer_stream_part(w, data, 30, &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, data + 30, 11, &err) == GM_ERR_INVALID && strstr(err.msg, "'a'"));
+    /* a whole tensor cannot follow a part of it */
+    CHECK(gm_gguf_writer_stream_tensor(w, data, &err) == GM_ERR_INVALID && strstr(err.msg, "30 of its 40"));
+    /* finishing mid-tensor fails; the rejected calls wrote nothing, so this still works: */
+    CHECK(gm_gguf_writer_stream_part(w, data + 30, 10, &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, data + 40, 5, &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, data + 45, 0, &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, data + 45, 7, &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, data, 1, &err) == GM_ERR_INVALID && strstr(err.msg, "more tensor data"));
+    CHECK(gm_gguf_writer_finish(w, &err) == GM_OK);
+    gm_gguf_writer_free(w);
+    gm_gguf *g = gm_gguf_open(tmp_path("parts.gguf"), &err);
+    CHECKF(g != NULL, "open: %s", err.msg);
+    if (g) {
+        const gm_gguf_tensor *a = gm_gguf_find_tensor(g, "a"), *b = gm_gguf_find_tensor(g, "b");
+        CHECK(a && a->nbytes == 40 && memcmp(a->data, data, 40) == 0);
+        CHECK(b && b->nbytes == 12 && memcmp(b->data, data + 40, 12) == 0);
+        gm_gguf_close(g);
+    }
+    unlink(tmp_path("parts.gguf"));
+
+    /* finishing with a tensor half streamed fails, names it, and removes the file */
+    w = gm_gguf_writer_new();
+    CHECK(gm_gguf_add_tensor(w, "a", GM_TYPE_F32, 1, ne_a, NULL, &err) == GM_OK);
+    CHECK(gm_gguf_writer_begin(w, tmp_path("parts.gguf"), &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, data, 12, &err) == GM_OK);
+    CHECK(gm_gguf_writer_finish(w, &err) == GM_ERR_INVALID && strstr(err.msg, "'a', 12 of 40"));
+    CHECK(access(tmp_path("parts.gguf"), F_OK) != 0);
+    /* a part without data aborts the file */
+    CHECK(gm_gguf_writer_begin(w, tmp_path("parts.gguf"), &err) == GM_OK);
+    CHECK(gm_gguf_writer_stream_part(w, NULL, 4, &err) == GM_ERR_INVALID && strstr(err.msg, "'a'"));
+    CHECK(access(tmp_path("parts.gguf"), F_OK) != 0);
+    gm_gguf_writer_free(w);
+}
+
 /* ---- open() errors ---- */
 
 static void test_open_errors(void)
@@ -1097,13 +1192,14 @@ int main(void)
     test_malformed();
     test_truncation_and_mutation();
     test_writer_errors();
+    test_stream_part_errors();
     test_open_errors();
     test_lazy_load();
     test_vocab();
 
     /* remove what the tests wrote */
-    const char *names[] = { "rt-32.gguf", "rt-stream-32.gguf", "rt-64.gguf", "rt-stream-64.gguf",
-                            "all-types.gguf", "small.gguf" };
+    const char *names[] = { "rt-32.gguf", "rt-stream-32.gguf", "rt-parts-32.gguf", "rt-64.gguf",
+                            "rt-stream-64.gguf", "rt-parts-64.gguf", "all-types.gguf", "small.gguf" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         unlink(tmp_path(names[i]));
     rmdir(tmpdir);
