@@ -17,6 +17,12 @@
  *
  * Float weights use the same scheme with a float panel (16 rows x 1 column per vector)
  * and FMAs against broadcast activations.
+ *
+ * Batches of 16+ tokens go to AMX tile kernels where the CPU has AMX-INT8 (same panel,
+ * see the AMX section). Numbers on the 2-core Sapphire Rapids VM (tools/kernel-bench):
+ * n=1 streams at 70-85% of the measured read bandwidth thanks to software prefetch of
+ * the next panel; n=512 Q4_0/Q8_0/Q4_K reach ~340-360 GMAC/s on 2 threads (AMX; ~200
+ * per core with VNNI alone).
  */
 #include <immintrin.h>
 #include <pthread.h>
@@ -36,7 +42,7 @@
 #define KCB 16          /* 32-column blocks per K chunk (a multiple of 8: K-quant super-blocks) */
 #define TF 8            /* token tile (float weights) */
 #define KCF 128         /* columns per K chunk (float weights) */
-#define TOK_BLOCK_BYTES (384 * 1024) /* activation bytes per token block (L2 reuse) */
+#define TOK_BLOCK_BYTES (1024 * 1024) /* activation bytes per token block (L2 reuse) */
 
 /* One group of 16 rows: row pointers (rows past the range repeat the last one, their
  * results are never stored) and their byte offsets from row 0 for gathers. */
@@ -279,37 +285,67 @@ AI void dec_q6_K(const rowgrp *g, int64_t sb, qpanel *P, int kb, int rg)
 }
 
 /* Decodes blocks [kb0, kb0 + nkb) of the RW row groups into the panel. */
-AI void decode_chunk(const gm_type type, const rowgrp *G, int64_t kb0, int nkb, qpanel *P)
+/* Software prefetch of the next panel, spread over the decode work: a burst of
+ * prefetches would stall on the few line-fill buffers. */
+typedef struct {
+    const char *p;
+    size_t off, end, per_block;
+} pfcur;
+
+AI void pf_block(pfcur *c)
+{
+    for (size_t i = 0; i < c->per_block && c->off < c->end; i++, c->off += 64)
+        _mm_prefetch(c->p + c->off, _MM_HINT_T1);
+}
+
+AI void decode_chunk(const gm_type type, const rowgrp *G, int64_t kb0, int nkb, qpanel *P, pfcur *pf)
 {
     for (int rg = 0; rg < RW; rg++) {
         switch (type) {
         case GM_TYPE_Q4_0:
-            for (int kb = 0; kb < nkb; kb++)
+            for (int kb = 0; kb < nkb; kb++) {
+                pf_block(pf);
                 dec_q4_0(&G[rg], kb0 + kb, P->w[kb][rg], P->s[kb][rg]);
+            }
             break;
         case GM_TYPE_Q4_1:
-            for (int kb = 0; kb < nkb; kb++)
+            for (int kb = 0; kb < nkb; kb++) {
+                pf_block(pf);
                 dec_q4_1(&G[rg], kb0 + kb, P->w[kb][rg], P->s[kb][rg], &P->m[kb][rg]);
+            }
             break;
         case GM_TYPE_Q5_0:
-            for (int kb = 0; kb < nkb; kb++)
+            for (int kb = 0; kb < nkb; kb++) {
+                pf_block(pf);
                 dec_q5_0(&G[rg], kb0 + kb, P->w[kb][rg], P->s[kb][rg]);
+            }
             break;
         case GM_TYPE_Q8_0:
-            for (int kb = 0; kb < nkb; kb++)
+            for (int kb = 0; kb < nkb; kb++) {
+                pf_block(pf);
                 dec_q8_0(&G[rg], kb0 + kb, P->w[kb][rg], P->s[kb][rg]);
+            }
             break;
         case GM_TYPE_Q4_K:
-            for (int kb = 0; kb < nkb; kb += 8)
+            for (int kb = 0; kb < nkb; kb += 8) {
+                for (int i = 0; i < 8; i++)
+                    pf_block(pf);
                 dec_q45_K(&G[rg], (kb0 + kb) / 8, 0, P, kb, rg);
+            }
             break;
         case GM_TYPE_Q5_K:
-            for (int kb = 0; kb < nkb; kb += 8)
+            for (int kb = 0; kb < nkb; kb += 8) {
+                for (int i = 0; i < 8; i++)
+                    pf_block(pf);
                 dec_q45_K(&G[rg], (kb0 + kb) / 8, 1, P, kb, rg);
+            }
             break;
         case GM_TYPE_Q6_K:
-            for (int kb = 0; kb < nkb; kb += 8)
+            for (int kb = 0; kb < nkb; kb += 8) {
+                for (int i = 0; i < 8; i++)
+                    pf_block(pf);
                 dec_q6_K(&G[rg], (kb0 + kb) / 8, P, kb, rg);
+            }
             break;
         default:
             break;
@@ -449,20 +485,18 @@ AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
         for (int64_t pr0 = r0; pr0 < r1; pr0 += PR) {
             for (int g = 0; g < RW; g++)
                 rowgrp_init(&G[g], w, pr0 + 16 * g, r1 - 1);
-            /* The next panel's rows are one contiguous range: prefetch it into L2 a
-             * slice per K chunk, so streaming a large matrix (n = 1) does not wait on
-             * the hardware prefetchers, which see 32 interleaved row streams. */
+            /* The next panel's rows are one contiguous range: prefetch it into L2 while
+             * decoding this one (a few lines per block), so streaming a large matrix
+             * (n = 1) does not wait on the hardware prefetchers, which see 32
+             * interleaved row streams. Measured: ~1.5x the bandwidth of no prefetch. */
             const uint8_t *nxt = (const uint8_t *)w->data + (size_t)(pr0 + PR) * w->row_bytes;
             const int64_t nxt_rows = r1 - (pr0 + PR) < PR ? r1 - (pr0 + PR) : PR;
             const size_t nxt_bytes = nxt_rows > 0 ? (size_t)nxt_rows * w->row_bytes : 0;
-            const int64_t nchunk = (nblk + KCB - 1) / KCB;
-            const size_t pf_step = (nxt_bytes / (size_t)nchunk + 63) & ~(size_t)63;
-            size_t pf = 0;
+            pfcur pf = { (const char *)nxt, 0, nxt_bytes,
+                         (nxt_bytes / 64 + (size_t)(RW * nblk) - 1) / (size_t)(RW * nblk) };
             for (int64_t kb0 = 0; kb0 < nblk; kb0 += KCB) {
                 const int nkb = nblk - kb0 < KCB ? (int)(nblk - kb0) : KCB;
-                for (size_t e = pf + pf_step; pf < e && pf < nxt_bytes; pf += 64)
-                    _mm_prefetch((const char *)nxt + pf, _MM_HINT_T1);
-                decode_chunk(type, G, kb0, nkb, &P);
+                decode_chunk(type, G, kb0, nkb, &P, &pf);
                 tiles_q(NSC, MIN, &P, nkb, kb0, a, tb0, tb1, y, ldy, pr0, r1, kb0 == 0);
             }
         }
@@ -551,10 +585,9 @@ int gm_amx_available(void)
     return g_amx_ok;
 }
 
-/* One block (or half block) for the 16 tokens at ap and the 16 rows of panel step bp:
- * cbuf = A x B. Two tile sets alternate so consecutive blocks can overlap. */
-/* Product i uses C tile i % 4 and A/B tiles i % 2: a C tile is zeroed again only four
- * products after its store was issued. */
+/* Product i (one block, or half a block for Q6_K) of the 16 tokens at ap and the 16 rows
+ * at panel step bp. It uses C tile i % 4 and A/B tiles i % 2, so consecutive products
+ * are independent and a C tile is zeroed again only four products after its store. */
 #define AMX_PRODUCT1(c, at, bt, sgn, ap, astride, bp)                                        \
     do {                                                                                     \
         AMX_LOAD(at, ap, astride);                                                           \
@@ -636,7 +669,9 @@ AI void mm_amx(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t 
                 rowgrp_init(&G[g], w, pr0 + 16 * g, r1 - 1);
             for (int64_t kb0 = 0; kb0 < nblk; kb0 += KCB) {
                 const int nkb = nblk - kb0 < KCB ? (int)(nblk - kb0) : KCB;
-                decode_chunk(type, G, kb0, nkb, &P);
+                pfcur nopf = { NULL, 0, 0, 0 };
+                amx_barrier(); /* earlier tile loads of the panel stay before its rewrite */
+                decode_chunk(type, G, kb0, nkb, &P, &nopf);
                 if (SGN)
                     panel_to_signed(type, nkb, &P);
                 amx_barrier();
@@ -651,9 +686,9 @@ AI void mm_amx(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t 
                         const int8_t *aq = a->q + t0 * a->q_stride + kb0 * 32;
                         const float *ad = a->d + t0 * a->d_stride + kb0;
                         const float *am = MIN ? a->dsum + t0 * a->d_stride + kb0 : NULL;
-                        /* Software pipeline: the epilogue of product i runs AMX_LAG
-                         * products later, once the tile store has reached the cache
-                         * (tile stores do not forward to vector loads). */
+                        /* Software pipeline: the float epilogue of product i runs
+                         * AMX_LAG products later, so its loads do not wait on the tile
+                         * store just issued. */
                         const int nsteps = nkb * NSC;
                         AMX_PRODUCT(0, SGN, aq, a->q_stride, &P.w[0][g][0]);
                         for (int i = 0; i < nsteps + AMX_LAG; i++) {
@@ -770,12 +805,14 @@ AI __m512 load16f(const gm_type type, const uint8_t *p)
     }
 }
 
-AI void decode_chunk_f(const gm_type type, const rowgrp *G, int64_t c0, int nc, fpanel *P)
+AI void decode_chunk_f(const gm_type type, const rowgrp *G, int64_t c0, int nc, fpanel *P,
+                       pfcur *pf)
 {
     const size_t esz = type == GM_TYPE_F32 ? 4 : 2;
     for (int rg = 0; rg < RW; rg++) {
         for (int c = 0; c < nc; c += 16) {
             __m512 r[16];
+            pf_block(pf);
             for (int i = 0; i < 16; i++)
                 r[i] = load16f(type, G[rg].p[i] + (size_t)(c0 + c) * esz);
             transpose16(r);
@@ -835,9 +872,15 @@ AI void mm_float(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
         for (int64_t pr0 = r0; pr0 < r1; pr0 += PR) {
             for (int g = 0; g < RW; g++)
                 rowgrp_init(&G[g], w, pr0 + 16 * g, r1 - 1);
+            /* prefetch the next panel while transposing this one (see mm_quant) */
+            const int64_t nxt_rows = r1 - (pr0 + PR) < PR ? r1 - (pr0 + PR) : PR;
+            const size_t nxt_bytes = nxt_rows > 0 ? (size_t)nxt_rows * w->row_bytes : 0;
+            const size_t tiles = (size_t)RW * (size_t)((k16 + 15) / 16);
+            pfcur pf = { (const char *)w->data + (size_t)(pr0 + PR) * w->row_bytes, 0, nxt_bytes,
+                         tiles ? (nxt_bytes / 64 + tiles - 1) / tiles : 0 };
             for (int64_t c0 = 0; c0 < k16; c0 += KCF) {
                 const int nc = k16 - c0 < KCF ? (int)(k16 - c0) : KCF;
-                decode_chunk_f(type, G, c0, nc, &P);
+                decode_chunk_f(type, G, c0, nc, &P, &pf);
                 int64_t t0 = tb0;
                 for (; t0 + TF <= tb1; t0 += TF)
                     run_tile_f(TF, &P, nc, c0, a, t0, y, ldy, pr0, r1, c0 == 0);

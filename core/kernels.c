@@ -13,6 +13,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -299,12 +300,14 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
     /* Pick the kernel, falling back to lower ISAs. */
     gm_kernel_fn kern = NULL;
     int gran = 16, simd_quant = 0;
-    if (isa >= GM_ISA_AVX512 && (kern = gm_kernel_avx512(w->type)) != NULL) {
+    /* The AVX-512 kernels gather with int32 offsets across 16 rows. */
+    const int offsets_fit = w->row_bytes <= (size_t)INT32_MAX / 16;
+    if (isa >= GM_ISA_AVX512 && offsets_fit && (kern = gm_kernel_avx512(w->type)) != NULL) {
         gran = gm_kernel_rows_avx512();
         simd_quant = 1;
-    }
-    else if (isa >= GM_ISA_AVX2 && (kern = gm_kernel_avx2(w->type)) != NULL)
+    } else if (isa >= GM_ISA_AVX2 && (kern = gm_kernel_avx2(w->type)) != NULL) {
         gran = gm_kernel_rows_avx2();
+    }
 
     const int nth = gm_pool_size(pool);
     const int64_t k = w->cols;
@@ -392,8 +395,8 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
     }
 
     /* Row chunks: small batches are bandwidth bound, so a few big contiguous chunks per
-     * thread keep the hardware prefetchers streaming; big batches take small chunks for
-     * balance (each chunk still covers every token). */
+     * thread keep each thread streaming (the kernels prefetch within a chunk); big
+     * batches take small chunks for balance (each chunk still covers every token). */
     int64_t chunk;
     if (nth == 1) {
         chunk = w->rows;
