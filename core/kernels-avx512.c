@@ -1102,6 +1102,172 @@ void gm_act_quant_avx512(gm_type wtype, const float *x, int64_t k, int8_t *q, fl
         quant_q8_0_row(x, k, gm_kernel_bias(wtype), q, d, corr, dsum);
 }
 
+/* ------------------------------------------------------------ BF16 weights, AVX512_BF16
+ *
+ * vdpbf16ps multiplies bf16 pairs exactly and accumulates in fp32. Weights are exact in
+ * bf16; the driver splits each activation into hi = bf16(x) and lo = bf16(x - hi)
+ * (kernels-impl.h), so w·hi + w·lo misses w·x by at most 2^-16 |w·x|: near-fp32
+ * results at half the weight bytes of an fp32 panel and without a float transpose.
+ *
+ * Rows are used as they are stored (no panel): one zmm holds 32 columns of one row,
+ * dotted with 32 columns of one token's hi and lo; each (row, token) output has its own
+ * accumulator, reduced horizontally at the end. A tile of R rows x T tokens reuses each
+ * loaded weight vector T times and each activation vector R times. The sequence of
+ * operations on an output's accumulator and its reduction do not depend on the tile
+ * shape, the token count or the thread split, so one-by-one decode, chunked prefill and
+ * any batch give bit-identical results.
+ */
+HREDUCE16(hadd16_ps, __m512, _mm512_add_ps, ID_PS, ID_PS)
+
+#define BFR 4      /* rows per tile (batches) */
+#define BFT 4      /* tokens per tile (batches) */
+#define BFR1 8     /* rows per tile (one token) */
+#define BF_PF 512  /* weight prefetch distance, bytes */
+
+static inline __m512bh as_bh(__m512i v)
+{
+    __m512bh r;
+    memcpy(&r, &v, sizeof r);
+    return r;
+}
+
+AI void bf_tile(const int R, const int T, const gm_matrix *w, const gm_act *a, int64_t r,
+                int64_t t0, float *y, int64_t ldy)
+{
+    const int64_t k = w->cols, kp = a->xbf_stride / 2;
+    const uint16_t *wr[BFR1];
+    const uint16_t *xh[BFT];
+    for (int i = 0; i < R; i++)
+        wr[i] = (const uint16_t *)((const uint8_t *)w->data + (size_t)(r + i) * w->row_bytes);
+    for (int t = 0; t < T; t++)
+        xh[t] = a->xbf + (t0 + t) * a->xbf_stride;
+    __m512 acc[BFR1][BFT];
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++)
+            acc[i][t] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= k; c += 32) {
+        __m512bh wv[BFR1];
+        for (int i = 0; i < R; i++) {
+            _mm_prefetch((const char *)(wr[i] + c) + BF_PF, _MM_HINT_T0);
+            wv[i] = as_bh(_mm512_loadu_si512(wr[i] + c));
+        }
+        for (int t = 0; t < T; t++) {
+            const __m512bh hv = as_bh(_mm512_load_si512(xh[t] + c));
+            const __m512bh lv = as_bh(_mm512_load_si512(xh[t] + kp + c));
+            for (int i = 0; i < R; i++)
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], hv);
+            for (int i = 0; i < R; i++)
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], lv);
+        }
+    }
+    if (c < k) {
+        /* Last columns: masked weight loads (no read past the row) against the zero
+         * padding of the activations. */
+        const __mmask32 m = (__mmask32)((1ull << (k - c)) - 1);
+        __m512bh wv[BFR1];
+        for (int i = 0; i < R; i++)
+            wv[i] = as_bh(_mm512_maskz_loadu_epi16(m, wr[i] + c));
+        for (int t = 0; t < T; t++) {
+            const __m512bh hv = as_bh(_mm512_load_si512(xh[t] + c));
+            const __m512bh lv = as_bh(_mm512_load_si512(xh[t] + kp + c));
+            for (int i = 0; i < R; i++)
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], hv);
+            for (int i = 0; i < R; i++)
+                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], lv);
+        }
+    }
+    /* Each output of hadd16_ps goes through the same reduction tree whatever the other
+     * 15 vectors hold. */
+    __m512 v[16];
+    for (int j = 0; j < 16; j++)
+        v[j] = _mm512_setzero_ps();
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++)
+            v[t * R + i] = acc[i][t];
+    _Alignas(64) float s[16];
+    _mm512_store_ps(s, hadd16_ps(v));
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < R; i++)
+            y[(t0 + t) * ldy + r + i] = s[t * R + i];
+}
+
+/* Tiles of up to RMAX rows x TMAX tokens over rows [r0, r1), tokens [tb0, tb1). */
+#define BF_T_CASES(R)                                                                        \
+    switch (nt) {                                                                            \
+    case 4: bf_tile(R, 4, w, a, r, t0, y, ldy); break;                                       \
+    case 3: bf_tile(R, 3, w, a, r, t0, y, ldy); break;                                       \
+    case 2: bf_tile(R, 2, w, a, r, t0, y, ldy); break;                                       \
+    default: bf_tile(R, 1, w, a, r, t0, y, ldy); break;                                      \
+    }
+
+static void mm_bf16_dp(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1, float *y,
+                       int64_t ldy)
+{
+    const int64_t n = a->n;
+    if (n == 1) {
+        const int64_t t0 = 0;
+        for (int64_t r = r0; r < r1; r += BFR1) {
+            switch (r1 - r < BFR1 ? r1 - r : BFR1) {
+            case 8: bf_tile(8, 1, w, a, r, t0, y, ldy); break;
+            case 7: bf_tile(7, 1, w, a, r, t0, y, ldy); break;
+            case 6: bf_tile(6, 1, w, a, r, t0, y, ldy); break;
+            case 5: bf_tile(5, 1, w, a, r, t0, y, ldy); break;
+            case 4: bf_tile(4, 1, w, a, r, t0, y, ldy); break;
+            case 3: bf_tile(3, 1, w, a, r, t0, y, ldy); break;
+            case 2: bf_tile(2, 1, w, a, r, t0, y, ldy); break;
+            default: bf_tile(1, 1, w, a, r, t0, y, ldy); break;
+            }
+        }
+        return;
+    }
+    /* A token tile's hi/lo rows (16 bytes per column) stay in L1 while the row tiles of
+     * the range, a few dozen rows that stay in L2, stream past them: per 32 columns the
+     * L1 serves 2*BFT activation loads and the L2 only BFR weight loads. */
+    for (int64_t t0 = 0; t0 < n; t0 += BFT) {
+        const int64_t nt = n - t0 < BFT ? n - t0 : BFT;
+        for (int64_t r = r0; r < r1; r += BFR) {
+            const int64_t nr = r1 - r < BFR ? r1 - r : BFR;
+            switch (nr) {
+            case 4: BF_T_CASES(4); break;
+            case 3: BF_T_CASES(3); break;
+            case 2: BF_T_CASES(2); break;
+            default: BF_T_CASES(1); break;
+            }
+        }
+    }
+}
+
+gm_kernel_fn gm_kernel_avx512_bf16(void)
+{
+    return mm_bf16_dp;
+}
+
+void gm_act_split_bf16_avx512(const float *x, int64_t k, uint16_t *hi, uint16_t *lo)
+{
+    const int64_t kp = (k + 31) / 32 * 32;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    for (int64_t c = 0; c < kp; c += 16) {
+        const int64_t left = k - c;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF
+                          : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + c);
+        /* round to nearest even; x - bf16(x) is exact in fp32 */
+        const __m256bh h = _mm512_cvtneps_pbh(v);
+        __m256i hb;
+        memcpy(&hb, &h, sizeof hb);
+        const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hb), 16));
+        /* where hi is +-inf or NaN, lo = 0 keeps inf * w from becoming inf - inf */
+        const __mmask16 fin = _mm512_cmp_ps_mask(_mm512_and_ps(hf, absmask), inf, _CMP_LT_OQ);
+        const __m256bh l = _mm512_cvtneps_pbh(_mm512_maskz_sub_ps(fin, v, hf));
+        _mm256_storeu_si256((__m256i *)(hi + c), hb);
+        __m256i lb;
+        memcpy(&lb, &l, sizeof lb);
+        _mm256_storeu_si256((__m256i *)(lo + c), lb);
+    }
+}
+
 gm_kernel_fn gm_kernel_avx512(gm_type t)
 {
     switch (t) {

@@ -15,7 +15,13 @@
  *   dsum[t][b]  d[t][b] * sum(q over the 32 columns), for weight types with a min
  *               (Q4_1, Q4_K, Q5_K).
  *
- * Float weight types (F32/F16/BF16) get the float activations x unchanged.
+ * Float weight types (F32/F16/BF16) get the float activations x unchanged. BF16 weights
+ * on a CPU with AVX512_BF16 also get each activation split into two bf16 halves,
+ * hi = bf16(x) and lo = bf16(x - hi), so that two vdpbf16ps products w·hi + w·lo give
+ * the fp32 product to ~2^-16 relative (weights are exact in bf16):
+ *
+ *   xbf[t][c]       hi of token t, column c, for c < kp = cols rounded up to 32;
+ *   xbf[t][kp + c]  lo; columns cols..kp-1 of both halves are zero.
  *
  * A kernel computes y[t][r] for all n tokens and rows r0 <= r < r1; the driver splits
  * rows over threads. Kernels read weights in place (unaligned) and never read beyond a
@@ -38,6 +44,8 @@ typedef struct gm_act {
     const float *dsum;    /* n x d_stride, or NULL */
     const float *x;       /* float activations (float weight types) */
     int64_t ldx;
+    const uint16_t *xbf;  /* bf16 hi/lo split (BF16 weights with AVX512_BF16), or NULL */
+    int64_t xbf_stride;   /* uint16 per token row = 2 * kp */
 } gm_act;
 
 typedef void (*gm_kernel_fn)(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
@@ -76,6 +84,12 @@ int gm_amx_available(void);
  * NaN. */
 void gm_act_quant_avx512(gm_type wtype, const float *x, int64_t k, int8_t *q, float *d,
                          int32_t *corr, float *dsum);
+
+/* AVX512_BF16 kernel for BF16 weights (needs a->xbf) and the split that fills xbf for
+ * one token: hi and lo get kp = k rounded up to 32 values each, zero past k. Only call
+ * them where gm_cpu_get_features()->avx512bf16. */
+gm_kernel_fn gm_kernel_avx512_bf16(void);
+void gm_act_split_bf16_avx512(const float *x, int64_t k, uint16_t *hi, uint16_t *lo);
 
 /* Preferred row granularity of an ISA's kernels (row ranges handed to a kernel start
  * at multiples of it, except that the last range ends at rows). */

@@ -281,6 +281,32 @@ static int amx_enabled(void)
 /* Below this many activation values, quantizing on the calling thread beats a dispatch. */
 #define PAR_QUANT_MIN 16384
 
+/* BF16 weights go to the AVX512_BF16 kernel where the CPU has it; GEMMAD_AVX512BF16=0
+ * keeps them on the fp32 FMA kernel (tests use it to check that path). */
+static int bf16dp_enabled(void)
+{
+    if (!gm_cpu_get_features()->avx512bf16)
+        return 0;
+    const char *e = getenv("GEMMAD_AVX512BF16");
+    return !(e && e[0] == '0');
+}
+
+struct split_job {
+    const float *x;
+    int64_t ldx, n, k, kp;
+    uint16_t *xbf;
+};
+
+static void split_worker(void *ctx, int ith, int nth)
+{
+    const struct split_job *j = ctx;
+    long b, e;
+    gm_pool_range((long)j->n, ith, nth, &b, &e);
+    for (int64_t t = b; t < e; t++)
+        gm_act_split_bf16_avx512(j->x + t * j->ldx, j->k, j->xbf + t * 2 * j->kp,
+                                 j->xbf + t * 2 * j->kp + j->kp);
+}
+
 void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x, int64_t n,
                    int64_t ldx, float *y, int64_t ldy)
 {
@@ -314,6 +340,12 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
     const gm_type vdt = gm_vec_dot_type(w->type);
     const int quantized = !is_float_type(w->type);
 
+    int bf16dp = 0;
+    if (simd_quant && w->type == GM_TYPE_BF16 && bf16dp_enabled()) {
+        kern = gm_kernel_avx512_bf16();
+        bf16dp = 1;
+    }
+
     /* Batches go to the AMX tile kernels where the CPU has them (GEMMAD_AMX=0 turns
      * them off); they take 16 tokens at a time, so the activations get zero padding. */
     int64_t n_pad = n;
@@ -335,6 +367,22 @@ void gm_matmul_isa(gm_isa isa, gm_pool *pool, const gm_matrix *w, const float *x
     act.x = x;
     act.ldx = ldx;
     job.act = &act;
+
+    if (bf16dp) {
+        /* hi/lo bf16 halves of each activation (kernels-impl.h), converted once */
+        struct split_job sj = { .x = x, .ldx = ldx, .n = n, .k = k, .kp = (k + 31) / 32 * 32 };
+        sj.xbf = scratch_get((size_t)(n * 2 * sj.kp) * sizeof(uint16_t));
+        if (!sj.xbf) {
+            fill_nan(w, n, y, ldy);
+            return;
+        }
+        if (nth > 1 && n > 1 && n * k >= PAR_QUANT_MIN)
+            gm_pool_run(pool, split_worker, &sj);
+        else
+            split_worker(&sj, 0, 1);
+        act.xbf = sj.xbf;
+        act.xbf_stride = 2 * sj.kp;
+    }
 
     if (quantized) {
         struct quant_job qj = { .wtype = w->type, .vdt = vdt, .x = x, .ldx = ldx, .n = n, .k = k };

@@ -58,7 +58,7 @@ static int isa_available(gm_isa isa)
  * gm_vec_dot_ref per output. Also the float result of the dequantized weights and a
  * bound for the error that activation quantization may cause. */
 static void reference(const gm_matrix *w, const float *x, int64_t n, int64_t ldx, float *ref,
-                      double *deq, double *bound)
+                      double *deq, double *bound, double *sabs)
 {
     const int64_t k = w->cols;
     const gm_type vdt = gm_vec_dot_type(w->type);
@@ -90,12 +90,15 @@ static void reference(const gm_matrix *w, const float *x, int64_t n, int64_t ldx
             const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
             const float *wr = wd + r * k;
             ref[t * w->rows + r] = gm_vec_dot_ref(w->type, row, act ? act : (const void *)xt, k);
-            double s = 0.0, b = 0.0;
+            double s = 0.0, b = 0.0, sa = 0.0;
             for (int64_t c = 0; c < k; c++) {
                 s += (double)wr[c] * xt[c];
+                sa += fabs((double)wr[c] * xt[c]);
                 b += fabs(wr[c]) * amax[c] + 1e-4 * fabs((double)wr[c] * xt[c]);
             }
             deq[t * w->rows + r] = s;
+            if (sabs)
+                sabs[t * w->rows + r] = sa;
             bound[t * w->rows + r] = b + 1e-6;
         }
     }
@@ -110,6 +113,26 @@ static const gm_type all_types[] = {
 };
 
 static int skipped_noted[3];
+
+static int bf16dp_available(void)
+{
+    return isa_available(GM_ISA_AVX512) && gm_cpu_get_features()->avx512bf16;
+}
+
+/* Error bound of the AVX512_BF16 path (weights exact in bf16, x split into
+ * hi = bf16(x), lo = bf16(x - hi)) against the exact dot product, S = sum |w*x|:
+ *  - representation: |x - hi| <= 2^-8 |x| (bf16 keeps 8 significant bits, round to
+ *    nearest) and |x - hi - lo| <= 2^-8 |x - hi| <= 2^-16 |x|, so <= 2^-16 S;
+ *  - fp32 accumulation: per output lane at most 2 roundings per vdpbf16ps, 2 per 32
+ *    columns (hi, lo), plus 4 levels of the horizontal sum: m = 4 ceil(k/32) + 4
+ *    roundings of terms totalling <= S (1 + 2^-7), i.e. <= 1.01 m 2^-24 S.
+ * It is sound (not a fit to observed errors) yet tight enough to catch a lost lo half:
+ * that leaves errors near 2^-9 |w*x| per term. */
+static double bf16dp_bound(int64_t k, double sabs)
+{
+    const double m = 4.0 * (double)((k + 31) / 32) + 4.0;
+    return (ldexp(1.0, -16) + 1.01 * m * ldexp(1.0, -24)) * sabs + 1e-30;
+}
 
 static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_pool *pool2,
                       gm_pool *pool3)
@@ -138,7 +161,8 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
     float *ref = malloc((size_t)(n * rows) * sizeof(float));
     double *deq = malloc((size_t)(n * rows) * sizeof(double));
     double *bound = malloc((size_t)(n * rows) * sizeof(double));
-    reference(&w, x, n, ldx, ref, deq, bound);
+    double *sabs = malloc((size_t)(n * rows) * sizeof(double));
+    reference(&w, x, n, ldx, ref, deq, bound, sabs);
     double maxref = 0.0;
     for (int64_t i = 0; i < n * rows; i++)
         if (fabs(ref[i]) > maxref)
@@ -147,14 +171,23 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
     float *y = malloc((size_t)(n * ldy) * sizeof(float));
     float *y1 = malloc((size_t)(n * ldy) * sizeof(float));
     const float sentinel = -12345.5f;
-    /* AVX-512 runs twice where the CPU has AMX: tile kernels on, then off. */
-    for (int pass = 0; pass <= GM_ISA_AVX512 + 1; pass++) {
+    /* AVX-512 runs again where the CPU has AMX (tile kernels off) and, for BF16 weights
+     * on a CPU with AVX512_BF16, with that kernel off (the fp32 FMA path). */
+    for (int pass = 0; pass <= GM_ISA_AVX512 + 2; pass++) {
         const int isa = pass <= GM_ISA_AVX512 ? pass : GM_ISA_AVX512;
         const int amx_off = pass == GM_ISA_AVX512 + 1;
+        const int bf16_off = pass == GM_ISA_AVX512 + 2;
         if (amx_off && !(isa_available(GM_ISA_AVX512) && gm_amx_available()))
             continue;
+        if (bf16_off && !(type == GM_TYPE_BF16 && bf16dp_available()))
+            continue;
         setenv("GEMMAD_AMX", amx_off ? "0" : "1", 1);
-        const char *isa_label = amx_off ? "avx512(no amx)" : gm_isa_name((gm_isa)isa);
+        setenv("GEMMAD_AVX512BF16", bf16_off ? "0" : "1", 1);
+        /* the hi/lo split path: held to its own bound against the exact product */
+        const int split = type == GM_TYPE_BF16 && isa == GM_ISA_AVX512 && !bf16_off &&
+                          bf16dp_available();
+        const char *isa_label = amx_off ? "avx512(no amx)" : bf16_off ? "avx512(no bf16)"
+                                                                     : gm_isa_name((gm_isa)isa);
         if (!isa_available((gm_isa)isa)) {
             if (!skipped_noted[isa]) {
                 printf("note: %s not available on this CPU, skipped (counted as passed)\n",
@@ -168,7 +201,7 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
             y1[i] = sentinel;
         gm_matmul_isa((gm_isa)isa, NULL, &w, x, n, ldx, y1, ldy);
         /* Tight: same integer sums, only float order may differ. */
-        double worst = 0.0, worst_deq = 0.0;
+        double worst = 0.0, worst_deq = 0.0, worst_split = 0.0;
         int pad_ok = 1, finite = 1;
         for (int64_t t = 0; t < n; t++) {
             for (int64_t r = 0; r < rows; r++) {
@@ -181,13 +214,22 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
                 const double ed = fabs((double)v - deq[t * rows + r]) / bound[t * rows + r];
                 if (ed > worst_deq)
                     worst_deq = ed;
+                const double es = fabs((double)v - deq[t * rows + r]) /
+                                  bf16dp_bound(cols, sabs[t * rows + r]);
+                if (es > worst_split)
+                    worst_split = es;
             }
             for (int64_t r = rows; r < ldy; r++)
                 if (y1[t * ldy + r] != sentinel)
                     pad_ok = 0;
         }
         const double tol = 2e-5 * maxref + 1e-30;
-        CHECKF(finite && worst <= tol, "%s %s rows=%lld cols=%lld n=%lld: max err %.3g vs ref (tol %.3g)",
+        if (split)
+            CHECKF(finite && worst_split <= 1.0,
+                   "%s bf16 split rows=%lld cols=%lld n=%lld: err vs exact %.3g x bound",
+                   isa_label, (long long)rows, (long long)cols, (long long)n, worst_split);
+        else
+            CHECKF(finite && worst <= tol, "%s %s rows=%lld cols=%lld n=%lld: max err %.3g vs ref (tol %.3g)",
                isa_label, gm_type_name(type), (long long)rows, (long long)cols,
                (long long)n, worst, tol);
         CHECKF(worst_deq <= 1.0, "%s %s rows=%lld cols=%lld n=%lld: err vs dequantized %.3g x bound",
@@ -215,9 +257,11 @@ static void test_case(gm_type type, int64_t rows, int64_t cols, int64_t n, gm_po
     free(ref);
     free(deq);
     free(bound);
+    free(sabs);
     free(y);
     free(y1);
     unsetenv("GEMMAD_AMX");
+    unsetenv("GEMMAD_AVX512BF16");
 }
 
 static void test_all_types(gm_pool *pool2, gm_pool *pool3)
@@ -254,6 +298,188 @@ static void test_all_types(gm_pool *pool2, gm_pool *pool3)
     /* Many rows (several chunks per thread). */
     test_case(GM_TYPE_Q4_0, 1000, 64, 2, pool2, pool3);
     test_case(GM_TYPE_Q6_K, 300, 256, 9, pool2, pool3);
+}
+
+/* Runs the matmul on rows x k BF16 weights for tokens [t0, t0 + n) of x. */
+static void mm_tokens(gm_pool *pool, const gm_matrix *w, const float *x, int64_t ldx, int64_t t0,
+                      int64_t n, float *y, int64_t ldy)
+{
+    gm_matmul_isa(GM_ISA_AVX512, pool, w, x + t0 * ldx, n, ldx, y + t0 * ldy, ldy);
+}
+
+/* The AVX512_BF16 path for BF16 weights: bound against the exact product, awkward
+ * sizes, every n from 1 to 33, decode (one token at a time) and chunked prefill
+ * bit-identical to one batch, threads bit-identical, and the fallback. */
+static void test_bf16_dp(gm_pool *pool2, gm_pool *pool3)
+{
+    if (!bf16dp_available()) {
+        printf("note: avx512bf16 not available, BF16 dot-product kernel test skipped\n");
+        CHECK(1);
+        return;
+    }
+    unsetenv("GEMMAD_AVX512BF16");
+
+    /* The split itself: hi is bf16(x) rounded to nearest even, lo the bf16 of the rest,
+     * zero padding to 32, and no inf - inf. */
+    {
+        enum { k = 45, kp = 64 };
+        float xs[k];
+        uint16_t hl[2 * kp];
+        fill_values(xs, k, 0);
+        xs[3] = 1.0f + 0x1p-8f + 0x1p-10f; /* rounds up; lo = -3 * 2^-10 exactly */
+        xs[4] = __builtin_inff();
+        xs[5] = -__builtin_inff();
+        memset(hl, 0xAB, sizeof hl);
+        gm_act_split_bf16_avx512(xs, k, hl, hl + kp);
+        int ok = 1;
+        for (int c = 0; c < kp; c++) {
+            if (c >= k) {
+                ok &= hl[c] == 0 && hl[kp + c] == 0;
+                continue;
+            }
+            ok &= hl[c] == gm_fp32_to_bf16(xs[c]);
+            const double h = gm_bf16_to_fp32(hl[c]), l = gm_bf16_to_fp32(hl[kp + c]);
+            if (isinf(xs[c]))
+                ok &= h == xs[c] && l == 0.0;
+            else
+                ok &= fabs(h + l - xs[c]) <= ldexp(fabs(xs[c]), -16);
+        }
+        CHECKF(ok, "bf16 hi/lo split wrong");
+        CHECK(gm_bf16_to_fp32(hl[3]) == 1.0f + 0x1p-7f && gm_bf16_to_fp32(hl[kp + 3]) == -0x3p-10f);
+    }
+
+    static const int64_t ks[] = { 1, 7, 31, 32, 33, 63, 65, 300, 2049 };
+    static const int64_t rows_list[] = { 1, 5, 17, 67 };
+    enum { NMAX = 33 };
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+        for (size_t ri = 0; ri < sizeof rows_list / sizeof rows_list[0]; ri++) {
+            const int64_t k = ks[ki], rows = rows_list[ri];
+            if (k == 2049 && rows == 67)
+                continue; /* keep the run short */
+            const size_t rb = gm_row_size(GM_TYPE_BF16, k);
+            uint8_t *wd = malloc(rb * (size_t)rows); /* exact size: ASan sees overreads */
+            float *wf = malloc((size_t)k * sizeof(float));
+            for (int64_t r = 0; r < rows; r++) {
+                fill_values(wf, k, 0);
+                gm_quantize_row(GM_TYPE_BF16, wf, wd + (size_t)r * rb, k);
+            }
+            gm_matrix w = { .type = GM_TYPE_BF16, .rows = rows, .cols = k, .row_bytes = rb,
+                            .data = wd, .name = "bf16" };
+            const int64_t ldx = k + 3, ldy = rows + 2;
+            float *x = malloc((size_t)(NMAX * ldx) * sizeof(float));
+            for (int64_t t = 0; t < NMAX; t++) {
+                fill_values(x + t * ldx, k, 0);
+                for (int64_t c = k; c < ldx; c++)
+                    x[t * ldx + c] = NAN;
+            }
+            float *ref = malloc((size_t)(NMAX * rows) * sizeof(float));
+            double *deq = malloc((size_t)(NMAX * rows) * sizeof(double));
+            double *bound = malloc((size_t)(NMAX * rows) * sizeof(double));
+            double *sabs = malloc((size_t)(NMAX * rows) * sizeof(double));
+            reference(&w, x, NMAX, ldx, ref, deq, bound, sabs);
+            float *yb = malloc((size_t)(NMAX * ldy) * sizeof(float));
+            float *y = malloc((size_t)(NMAX * ldy) * sizeof(float));
+            /* decode: one token per call */
+            float *yd = malloc((size_t)(NMAX * ldy) * sizeof(float));
+            for (int64_t t = 0; t < NMAX; t++)
+                mm_tokens(NULL, &w, x, ldx, t, 1, yd, ldy);
+            for (int64_t n = 1; n <= NMAX; n++) {
+                mm_tokens(NULL, &w, x, ldx, 0, n, yb, ldy);
+                double worst = 0.0;
+                int same_decode = 1;
+                for (int64_t t = 0; t < n; t++)
+                    for (int64_t r = 0; r < rows; r++) {
+                        const double e = fabs((double)yb[t * ldy + r] - deq[t * rows + r]) /
+                                         bf16dp_bound(k, sabs[t * rows + r]);
+                        worst = e > worst || isnan(e) ? e : worst;
+                        same_decode &= yb[t * ldy + r] == yd[t * ldy + r];
+                    }
+                CHECKF(worst <= 1.0, "bf16 split rows=%lld k=%lld n=%lld: err %.3g x bound",
+                       (long long)rows, (long long)k, (long long)n, worst);
+                CHECKF(same_decode, "bf16 split rows=%lld k=%lld n=%lld: batch != decode",
+                       (long long)rows, (long long)k, (long long)n);
+                /* chunked prefill (chunks of 5) and threads: bit-identical */
+                gm_pool *pools[3] = { NULL, pool2, pool3 };
+                for (int p = 0; p < 3; p++) {
+                    if (p > 0 && !pools[p])
+                        continue;
+                    if (p == 0) {
+                        for (int64_t t0 = 0; t0 < n; t0 += 5)
+                            mm_tokens(NULL, &w, x, ldx, t0, n - t0 < 5 ? n - t0 : 5, y, ldy);
+                    } else {
+                        mm_tokens(pools[p], &w, x, ldx, 0, n, y, ldy);
+                    }
+                    int same = 1;
+                    for (int64_t t = 0; t < n; t++)
+                        same &= memcmp(y + t * ldy, yb + t * ldy, (size_t)rows * sizeof(float)) == 0;
+                    CHECKF(same, "bf16 split rows=%lld k=%lld n=%lld: %s differs from one batch",
+                           (long long)rows, (long long)k, (long long)n,
+                           p == 0 ? "chunked prefill" : "threaded");
+                }
+            }
+
+            /* Dispatch: the driver's result is the AVX512_BF16 kernel's, and with
+             * GEMMAD_AVX512BF16=0 (as on a CPU without it) the fp32 FMA kernel's. */
+            const int64_t n = 9, kp = (k + 31) / 32 * 32;
+            uint16_t *xbf = aligned_alloc(64, (size_t)(n * 2 * kp) * sizeof(uint16_t));
+            for (int64_t t = 0; t < n; t++)
+                gm_act_split_bf16_avx512(x + t * ldx, k, xbf + t * 2 * kp, xbf + t * 2 * kp + kp);
+            gm_act act = { .n = n, .k = k, .x = x, .ldx = ldx, .xbf = xbf, .xbf_stride = 2 * kp };
+            gm_kernel_avx512_bf16()(&w, &act, 0, rows, y, ldy);
+            mm_tokens(NULL, &w, x, ldx, 0, n, yb, ldy);
+            int same_dp = 1, same_fma = 1;
+            for (int64_t t = 0; t < n; t++)
+                same_dp &= memcmp(y + t * ldy, yb + t * ldy, (size_t)rows * sizeof(float)) == 0;
+            act.xbf = NULL;
+            act.xbf_stride = 0;
+            gm_kernel_avx512(GM_TYPE_BF16)(&w, &act, 0, rows, y, ldy);
+            setenv("GEMMAD_AVX512BF16", "0", 1);
+            mm_tokens(NULL, &w, x, ldx, 0, n, yb, ldy);
+            unsetenv("GEMMAD_AVX512BF16");
+            for (int64_t t = 0; t < n; t++)
+                same_fma &= memcmp(y + t * ldy, yb + t * ldy, (size_t)rows * sizeof(float)) == 0;
+            CHECKF(same_dp && same_fma, "bf16 rows=%lld k=%lld: dispatch (bf16 %d, fallback %d)",
+                   (long long)rows, (long long)k, same_dp, same_fma);
+            free(xbf);
+            free(wd);
+            free(wf);
+            free(x);
+            free(ref);
+            free(deq);
+            free(bound);
+            free(sabs);
+            free(yb);
+            free(y);
+            free(yd);
+        }
+    }
+
+    /* Same-signed rounding errors: every x rounds to bf16 with error 2^-8 - 2^-10 in
+     * one direction, so hi alone would be off by ~3e-3 of the sum; with lo the split is
+     * exact and only fp32 accumulation error remains. */
+    {
+        enum { k = 1000, rows = 3 };
+        const size_t rb = gm_row_size(GM_TYPE_BF16, k);
+        uint8_t *wd = malloc(rb * rows);
+        float wf[k], x[k], y[rows];
+        for (int r = 0; r < rows; r++) {
+            for (int c = 0; c < k; c++)
+                wf[c] = r == 0 ? 1.0f : 0.25f + 0.5f * fabsf(rnd_uniform());
+            gm_quantize_row(GM_TYPE_BF16, wf, wd + (size_t)r * rb, k);
+        }
+        for (int c = 0; c < k; c++)
+            x[c] = 1.0f + 0x1p-8f + 0x1p-10f;
+        gm_matrix w = { .type = GM_TYPE_BF16, .rows = rows, .cols = k, .row_bytes = rb,
+                        .data = wd, .name = "bf16" };
+        gm_matmul_isa(GM_ISA_AVX512, NULL, &w, x, 1, k, y, rows);
+        for (int r = 0; r < rows; r++) {
+            double s = 0.0;
+            for (int c = 0; c < k; c++)
+                s += (double)gm_bf16_to_fp32(((const uint16_t *)(wd + (size_t)r * rb))[c]) * x[c];
+            CHECKF(fabs(y[r] - s) <= 1e-6 * s, "bf16 coherent row %d: %.9g vs %.9g", r, y[r], s);
+        }
+        free(wd);
+    }
 }
 
 /* The AVX-512 activation quantizer must match gm_quantize_row_q8_0/_q8_K bit for bit. */
@@ -397,6 +623,7 @@ int main(void)
     gm_pool *pool3 = gm_pool_create(3);
     CHECK(pool2 && pool3);
     test_all_types(pool2, pool3);
+    test_bf16_dp(pool2, pool3);
     gm_pool_destroy(pool2);
     gm_pool_destroy(pool3);
     return gm_test_finish();
