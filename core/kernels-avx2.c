@@ -17,6 +17,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "kernels-impl.h"
@@ -140,15 +141,18 @@ AI void k4_scales(const uint8_t *q, int32_t sc[8], int32_t m[8])
 }
 
 /* Super-block sb of one row: w[j] = sub-block j (32 columns, unsigned), s[2j], s[2j+1] =
- * scales of its two 16-column halves (equal except for Q6_K), mn[j] = min term. */
+ * scales of its two 16-column halves (equal except for Q6_K), mn[j] = min term (s NULL:
+ * weights only). */
 AI void row_superblock(const gm_type type, const uint8_t *row, int64_t sb, __m256i w[8],
                        float s[16], float mn[8])
 {
     if (type == GM_TYPE_Q6_K) {
         const gm_block_q6_K *blk = (const gm_block_q6_K *)(row + (size_t)sb * sizeof(gm_block_q6_K));
-        const float d = h2f(&blk->d);
-        for (int g = 0; g < 16; g++)
-            s[g] = d * (float)blk->scales[g];
+        if (s) {
+            const float d = h2f(&blk->d);
+            for (int g = 0; g < 16; g++)
+                s[g] = d * (float)blk->scales[g];
+        }
         const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30);
         for (int h = 0; h < 2; h++) {
             const __m256i A = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
@@ -167,12 +171,14 @@ AI void row_superblock(const gm_type type, const uint8_t *row, int64_t sb, __m25
     }
     const int five = type == GM_TYPE_Q5_K;
     const uint8_t *blk = row + (size_t)sb * (five ? sizeof(gm_block_q5_K) : sizeof(gm_block_q4_K));
-    const float d = h2f(blk), dmin = h2f(blk + 2);
-    int32_t sc[8], m[8];
-    k4_scales(blk + 4, sc, m);
-    for (int j = 0; j < 8; j++) {
-        s[2 * j] = s[2 * j + 1] = d * (float)sc[j];
-        mn[j] = -dmin * (float)m[j];
+    if (s) {
+        const float d = h2f(blk), dmin = h2f(blk + 2);
+        int32_t sc[8], m[8];
+        k4_scales(blk + 4, sc, m);
+        for (int j = 0; j < 8; j++) {
+            s[2 * j] = s[2 * j + 1] = d * (float)sc[j];
+            mn[j] = -dmin * (float)m[j];
+        }
     }
     const uint8_t *qs = blk + (five ? 48 : 16);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -313,8 +319,8 @@ static int64_t token_block(int64_t n, int64_t bytes_per_token, int tile)
     return tb < n ? tb : n;
 }
 
-AI void mm_rows(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
-                float *y, int64_t ldy);
+AI void mm_rows8(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
+                 float *y, int64_t ldy);
 
 AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
                  float *y, int64_t ldy)
@@ -323,7 +329,7 @@ AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
     const int64_t small_n = type == GM_TYPE_Q4_K || type == GM_TYPE_Q5_K || type == GM_TYPE_Q6_K ? 7
                           : type == GM_TYPE_Q8_0 ? 2 : 1;
     if (a->n <= small_n) {
-        mm_rows(type, w, a, r0, r1, y, ldy);
+        mm_rows8(type, w, a, r0, r1, y, ldy);
         return;
     }
     const int64_t nblk = w->cols / 32, n = a->n;
@@ -355,15 +361,14 @@ AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
 
 /* ------------------------------------------------------------ small batches
  *
- * For one or two tokens the panel transpose costs more than it saves: these take one
- * weight row at a time, unpack each block once in column order and multiply it against
- * each token, keeping 8 int32/float lanes per token and adding the lanes at the end. The
- * bias correction goes into lane 0 so that the lanes still sum to the exact integer. */
-
-AI __m256i lane0_i32(int32_t v)
-{
-    return _mm256_zextsi128_si256(_mm_cvtsi32_si128(v));
-}
+ * For a few tokens the panel transpose costs more than it saves: these stream 8 rows at
+ * a time, unpack each block once in column order and multiply it against each token,
+ * then reduce the 8 rows' int32 lanes to one exact block sum per row (horizontal adds).
+ * From there every output takes the float steps of the panel path in the same order
+ * (per block: float(sum) * d_act, FMA with the row scale, then the min term; K chunks of
+ * KCB blocks summed separately, a chunk's partial added to the running total), so the
+ * result does not depend on the batch size: decoding token by token gives the bits of
+ * a batched prefill. Rows past the range repeat the last one, as in the panel path. */
 
 AI __m256i load_act(const gm_act *a, int64_t t, int64_t col)
 {
@@ -375,176 +380,249 @@ AI __m256i dot_u8s8(__m256i w, __m256i act)
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w, act), _mm256_set1_epi16(1));
 }
 
-/* ------------------------------------------------------------ 32-column block types */
+/* v[r]: 8 int32 lanes of row r. Returns lo with lane r = sum of v[r]'s low 128-bit half
+ * and hi with the high half's sums (for Q6_K these are the two 16-column halves). */
+AI void reduce8(const __m256i v[8], __m256i *lo, __m256i *hi)
+{
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
+    *lo = _mm256_permute2x128_si256(q0, q1, 0x20);
+    *hi = _mm256_permute2x128_si256(q0, q1, 0x31);
+}
 
-AI void row_q32(const gm_type type, const uint8_t *row, const gm_act *a, int64_t t0, const int T,
-                float *out)
+/* 8 fp16 values (at byte offset off of each row) as floats, lane r from row r. */
+AI __m256 load_h8(const uint8_t *const p[8], size_t off)
+{
+    uint16_t h[8];
+    for (int r = 0; r < 8; r++)
+        memcpy(&h[r], p[r] + off, 2);
+    return _mm256_cvtph_ps(_mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3],
+                                          (short)h[4], (short)h[5], (short)h[6], (short)h[7]));
+}
+
+/* Software prefetch of the next 8-row group (one contiguous range) while this one is
+ * processed: the hardware prefetchers track 8 interleaved streams poorly. */
+typedef struct {
+    const char *p;
+    size_t off, len, step; /* step: bytes per call */
+} pfcur;
+
+AI void pf_next(pfcur *c)
+{
+    for (size_t i = 0; i < c->step && c->off < c->len; i += 64, c->off += 64)
+        _mm_prefetch(c->p + c->off, _MM_HINT_T0);
+}
+
+/* Adds chunk partials like the panel path's stores into y: first chunk stored, later
+ * ones added to it. */
+AI void chunk_done(const int T, __m256 acc[TQ], __m256 tot[TQ], int first)
+{
+    for (int t = 0; t < T; t++) {
+        tot[t] = first ? acc[t] : _mm256_add_ps(acc[t], tot[t]);
+        acc[t] = _mm256_setzero_ps();
+    }
+}
+
+/* 32-column block types: tot[t] = outputs of rows p[0..7] for token t0 + t. */
+AI void rows8_q32(const gm_type type, const uint8_t *const p[8], const gm_act *a, int64_t t0,
+                  const int T, __m256 tot[TQ], pfcur *pf)
 {
     const int64_t nb = a->k / 32;
-    __m256 acc[TA];
-    float macc[TA];
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        macc[t] = 0.0f;
-    }
+    const int MIN = type == GM_TYPE_Q4_1, Q8 = type == GM_TYPE_Q8_0;
+    const int BIAS = type == GM_TYPE_Q4_0 || type == GM_TYPE_Q5_0;
     const size_t bsz = type == GM_TYPE_Q4_0 ? sizeof(gm_block_q4_0)
                      : type == GM_TYPE_Q4_1 ? sizeof(gm_block_q4_1)
                      : type == GM_TYPE_Q5_0 ? sizeof(gm_block_q5_0) : sizeof(gm_block_q8_0);
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i w;
-        float dw, mw = 0.0f;
-        /* rows follow each other in memory: keep PF_AHEAD bytes ahead in flight */
-        if (((size_t)b * bsz & 63) + bsz > 64 || b == 0)
-            _mm_prefetch((const char *)row + (size_t)b * bsz + PF_AHEAD, _MM_HINT_T0);
-        switch (type) {
-        case GM_TYPE_Q4_0: {
-            const uint8_t *blk = row + (size_t)b * sizeof(gm_block_q4_0);
-            dw = h2f(blk);
-            w = unpack_nibbles(blk + 2);
-            break;
-        }
-        case GM_TYPE_Q4_1: {
-            const uint8_t *blk = row + (size_t)b * sizeof(gm_block_q4_1);
-            dw = h2f(blk);
-            mw = h2f(blk + 2);
-            w = unpack_nibbles(blk + 4);
-            break;
-        }
-        case GM_TYPE_Q5_0: {
-            const uint8_t *blk = row + (size_t)b * sizeof(gm_block_q5_0);
-            uint32_t qh;
-            memcpy(&qh, blk + 2, 4);
-            dw = h2f(blk);
-            w = _mm256_or_si256(unpack_nibbles(blk + 6), bits_to_0x10(qh));
-            break;
-        }
-        default: { /* Q8_0 */
-            const uint8_t *blk = row + (size_t)b * sizeof(gm_block_q8_0);
-            dw = h2f(blk);
-            w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            break;
-        }
-        }
-        const __m256i wabs = type == GM_TYPE_Q8_0 ? _mm256_sign_epi8(w, w) : w;
-        for (int t = 0; t < T; t++) {
-            const int64_t tt = t0 + t;
-            __m256i act = load_act(a, tt, 32 * b);
-            __m256i isum;
-            if (type == GM_TYPE_Q8_0) {
-                isum = dot_u8s8(wabs, _mm256_sign_epi8(act, w));
-            } else {
-                isum = dot_u8s8(w, act);
-                if (type != GM_TYPE_Q4_1)
-                    isum = _mm256_add_epi32(isum, lane0_i32(a->corr[tt * a->corr_stride + b]));
-            }
-            const float da = a->d[tt * a->d_stride + b];
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw * da), acc[t]);
-            if (type == GM_TYPE_Q4_1)
-                macc[t] += mw * a->dsum[tt * a->d_stride + b];
-        }
-    }
-    for (int t = 0; t < T; t++)
-        out[t] = hsum8(acc[t]) + macc[t];
-}
-
-/* K-quants: exact integer sums of sc_j * dot_j via vpmaddwd with the scales. */
-AI void row_k(const gm_type type, const uint8_t *row, const gm_act *a, int64_t t0, const int T,
-              float *out)
-{
-    const int64_t nsb = a->k / GM_QK_K;
-    __m256 acc[TA];
+    __m256 acc[TQ];
     for (int t = 0; t < T; t++)
         acc[t] = _mm256_setzero_ps();
-    const size_t bsz = type == GM_TYPE_Q6_K ? sizeof(gm_block_q6_K)
-                     : type == GM_TYPE_Q5_K ? sizeof(gm_block_q5_K) : sizeof(gm_block_q4_K);
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        for (size_t o = 0; o < bsz; o += 64)
-            _mm_prefetch((const char *)row + (size_t)sb * bsz + o + PF_AHEAD, _MM_HINT_T0);
+    for (int64_t b = 0; b < nb; b++) {
+        pf_next(pf);
+        const size_t o = (size_t)b * bsz;
         __m256i w[8];
-        __m256i scv[8]; /* per sub-block int16 multipliers for vpmaddwd */
-        __m256i sc32[2]; /* Q6_K: the 16 scales as int32, for the bias correction */
-        __m256 minv = _mm256_setzero_ps();
-        float dw;
-        if (type == GM_TYPE_Q6_K) {
-            const gm_block_q6_K *blk = (const gm_block_q6_K *)(row + (size_t)sb * sizeof(gm_block_q6_K));
-            dw = h2f(&blk->d);
-            const __m128i s8 = _mm_loadu_si128((const __m128i *)blk->scales);
-            sc32[0] = _mm256_cvtepi8_epi32(s8);
-            sc32[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(s8, 8));
-            const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30);
-            for (int h = 0; h < 2; h++) {
-                const __m256i A = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-                const __m256i B = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-                const __m256i H = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-                w[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(A, m4),
-                                               _mm256_and_si256(_mm256_slli_epi16(H, 4), m3));
-                w[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(B, m4),
-                                               _mm256_and_si256(_mm256_slli_epi16(H, 2), m3));
-                w[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4),
-                                               _mm256_and_si256(H, m3));
-                w[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4),
-                                               _mm256_and_si256(_mm256_srli_epi16(H, 2), m3));
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *blk = p[r] + o;
+            switch (type) {
+            case GM_TYPE_Q4_0: w[r] = unpack_nibbles(blk + 2); break;
+            case GM_TYPE_Q4_1: w[r] = unpack_nibbles(blk + 4); break;
+            case GM_TYPE_Q5_0:
+                w[r] = _mm256_or_si256(unpack_nibbles(blk + 6), bits_to_0x10((uint32_t)load_i32(blk + 2)));
+                break;
+            default: w[r] = _mm256_loadu_si256((const __m256i *)(blk + 2)); break;
             }
-            /* sub-block j: int16 lanes 0..7 (columns 0..15) scale 2j, lanes 8..15 scale 2j+1 */
-            for (int j = 0; j < 8; j++) {
-                int16_t s0 = blk->scales[2 * j], s1 = blk->scales[2 * j + 1];
-                scv[j] = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+        }
+        const __m256 dw = load_h8(p, o);
+        const __m256 mw = MIN ? load_h8(p, o + 2) : _mm256_setzero_ps();
+        for (int t = 0; t < T; t++) {
+            const int64_t tt = t0 + t;
+            const __m256i act = load_act(a, tt, 32 * b);
+            __m256i v[8], lo, hi;
+            for (int r = 0; r < 8; r++)
+                v[r] = Q8 ? dot_u8s8(_mm256_sign_epi8(w[r], w[r]), _mm256_sign_epi8(act, w[r]))
+                          : dot_u8s8(w[r], act);
+            reduce8(v, &lo, &hi);
+            __m256i s = _mm256_add_epi32(lo, hi);
+            if (BIAS)
+                s = _mm256_add_epi32(s, _mm256_set1_epi32(a->corr[tt * a->corr_stride + b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s),
+                                                   _mm256_set1_ps(a->d[tt * a->d_stride + b])),
+                                     dw, acc[t]);
+            if (MIN)
+                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->dsum[tt * a->d_stride + b]), acc[t]);
+        }
+        if ((b + 1) % KCB == 0 || b + 1 == nb)
+            chunk_done(T, acc, tot, b < KCB);
+    }
+}
+
+/* Dword at byte offset off of each of the 8 rows, lane r from row r. */
+AI __m256i load_d8(const uint8_t *const p[8], size_t off)
+{
+    return _mm256_setr_epi32(load_i32(p[0] + off), load_i32(p[1] + off), load_i32(p[2] + off),
+                             load_i32(p[3] + off), load_i32(p[4] + off), load_i32(p[5] + off),
+                             load_i32(p[6] + off), load_i32(p[7] + off));
+}
+
+/* Scales of super-block sb for 8 rows, lane r from row r, each the same float product
+ * as row_superblock's: s[g] (per 16 columns; Q4_K/Q5_K: s[2j] = s[2j+1]), mn[j]. */
+AI void sb_scales8(const gm_type type, const uint8_t *const p[8], int64_t sb, __m256 s[16],
+                   __m256 mn[8])
+{
+    const __m256i ff = _mm256_set1_epi32(0xFF);
+    if (type == GM_TYPE_Q6_K) {
+        const size_t o = (size_t)sb * sizeof(gm_block_q6_K);
+        /* d is the high half of the dword at 206 (the block ends with it) */
+        const __m256 d = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(
+            _mm256_packus_epi32(_mm256_srli_epi32(load_d8(p, o + 206), 16), _mm256_setzero_si256()), 0xD8)));
+        for (int i = 0; i < 4; i++) {
+            const __m256i u = load_d8(p, o + offsetof(gm_block_q6_K, scales) + 4 * (size_t)i);
+            for (int b = 0; b < 4; b++) /* signed byte b of each lane */
+                s[4 * i + b] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srai_epi32(
+                                                    _mm256_slli_epi32(u, 24 - 8 * b), 24)));
+        }
+        return;
+    }
+    const size_t o = (size_t)sb * (type == GM_TYPE_Q5_K ? sizeof(gm_block_q5_K) : sizeof(gm_block_q4_K));
+    const __m256i dm = load_d8(p, o);
+    const __m256i h = _mm256_permute4x64_epi64(
+        _mm256_packus_epi32(_mm256_and_si256(dm, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(dm, 16)), 0xD8);
+    const __m256 d = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    const __m256 ndmin = _mm256_xor_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)),
+                                       _mm256_set1_ps(-0.0f));
+    /* the 12 packed bytes as 3 dwords: see k4_scales */
+    const __m256i u0 = load_d8(p, o + 4), u1 = load_d8(p, o + 8), u2 = load_d8(p, o + 12);
+    const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F);
+    const __m256i m30 = _mm256_set1_epi32(0x30303030);
+    __m256i sc[2], mm[2];
+    sc[0] = _mm256_and_si256(u0, m6);
+    mm[0] = _mm256_and_si256(u1, m6);
+    sc[1] = _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_and_si256(_mm256_srli_epi32(u0, 2), m30));
+    mm[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi32(u1, 2), m30));
+    for (int j = 0; j < 8; j++) {
+        const int sh = 8 * (j & 3);
+        s[2 * j] = s[2 * j + 1] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(
+                                      _mm256_and_si256(_mm256_srli_epi32(sc[j >> 2], sh), ff)));
+        mn[j] = _mm256_mul_ps(ndmin, _mm256_cvtepi32_ps(
+                                  _mm256_and_si256(_mm256_srli_epi32(mm[j >> 2], sh), ff)));
+    }
+}
+
+/* K-quants: per sub-block (Q6_K: per 16 columns) the exact sum, then float scales. */
+AI void rows8_k(const gm_type type, const uint8_t *const p[8], const gm_act *a, int64_t t0,
+                const int T, __m256 tot[TQ], pfcur *pf)
+{
+    const int64_t nsb = a->k / GM_QK_K;
+    const int Q6 = type == GM_TYPE_Q6_K;
+    __m256 acc[TQ];
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        for (int i = 0; i < 8; i++)
+            pf_next(pf);
+        _Alignas(32) __m256i W[8][8];
+        __m256 s[16], mn[8];
+        for (int r = 0; r < 8; r++)
+            row_superblock(type, p[r], sb, W[r], NULL, NULL);
+        sb_scales8(type, p, sb, s, mn);
+        for (int j = 0; j < 8; j++) {
+            const int64_t b = sb * 8 + j;
+            for (int t = 0; t < T; t++) {
+                const int64_t tt = t0 + t;
+                const __m256i act = load_act(a, tt, 32 * b);
+                __m256i v[8], lo, hi;
+                for (int r = 0; r < 8; r++)
+                    v[r] = dot_u8s8(W[r][j], act);
+                reduce8(v, &lo, &hi);
+                const __m256 da = _mm256_set1_ps(a->d[tt * a->d_stride + b]);
+                if (Q6) {
+                    const int32_t *corr = a->corr + tt * a->corr_stride + 2 * b;
+                    lo = _mm256_add_epi32(lo, _mm256_set1_epi32(corr[0]));
+                    hi = _mm256_add_epi32(hi, _mm256_set1_epi32(corr[1]));
+                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(lo), da),
+                                             s[2 * j], acc[t]);
+                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(hi), da),
+                                             s[2 * j + 1], acc[t]);
+                } else {
+                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), da),
+                                             s[2 * j], acc[t]);
+                    acc[t] = _mm256_fmadd_ps(mn[j],
+                                             _mm256_set1_ps(a->dsum[tt * a->d_stride + b]), acc[t]);
+                }
             }
-        } else {
-            const int five = type == GM_TYPE_Q5_K;
-            const uint8_t *blk = row + (size_t)sb * (five ? sizeof(gm_block_q5_K) : sizeof(gm_block_q4_K));
-            dw = h2f(blk);
-            const float dmin = h2f(blk + 2);
-            int32_t sc[8], m[8];
-            k4_scales(blk + 4, sc, m);
-            float mf[8];
-            for (int j = 0; j < 8; j++) {
-                scv[j] = _mm256_set1_epi16((short)sc[j]);
-                mf[j] = -dmin * (float)m[j];
+            if ((b + 1) % KCB == 0 || b + 1 == nsb * 8)
+                chunk_done(T, acc, tot, b < KCB);
+        }
+    }
+}
+
+AI void rows8_any(const gm_type type, const uint8_t *const p[8], const gm_act *a, int64_t t0,
+                  const int T, __m256 tot[TQ], pfcur *pf)
+{
+    if (type == GM_TYPE_Q4_K || type == GM_TYPE_Q5_K || type == GM_TYPE_Q6_K)
+        rows8_k(type, p, a, t0, T, tot, pf);
+    else
+        rows8_q32(type, p, a, t0, T, tot, pf);
+}
+
+AI void mm_rows8(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
+                 float *y, int64_t ldy)
+{
+    const int64_t n = a->n, nblk = w->cols / 32;
+    for (int64_t t0 = 0; t0 < n; t0 += TQ) {
+        const int T = n - t0 < TQ ? (int)(n - t0) : TQ;
+        for (int64_t pr0 = r0; pr0 < r1; pr0 += 8) {
+            const int valid = r1 - pr0 < 8 ? (int)(r1 - pr0) : 8;
+            const uint8_t *p[8];
+            for (int i = 0; i < 8; i++)
+                p[i] = (const uint8_t *)w->data + (size_t)(pr0 + (i < valid ? i : valid - 1)) * w->row_bytes;
+            const int64_t nxt_rows = r1 - (pr0 + 8) < 8 ? r1 - (pr0 + 8) : 8;
+            const size_t nxt_bytes = nxt_rows > 0 ? (size_t)nxt_rows * w->row_bytes : 0;
+            pfcur pf = { (const char *)w->data + (size_t)(pr0 + 8) * w->row_bytes, 0, nxt_bytes,
+                         (nxt_bytes / (size_t)nblk + 63) & ~(size_t)63 };
+            __m256 tot[TQ];
+            for (int t = 0; t < TQ; t++)
+                tot[t] = _mm256_setzero_ps(); /* overwritten by the first chunk */
+            switch (T) {
+            case 4: rows8_any(type, p, a, t0, 4, tot, &pf); break;
+            case 3: rows8_any(type, p, a, t0, 3, tot, &pf); break;
+            case 2: rows8_any(type, p, a, t0, 2, tot, &pf); break;
+            default: rows8_any(type, p, a, t0, 1, tot, &pf); break;
             }
-            minv = _mm256_loadu_ps(mf);
-            const uint8_t *qs = blk + (five ? 48 : 16);
-            const __m256i m4 = _mm256_set1_epi8(0x0F);
-            __m256i H = _mm256_setzero_si256();
-            if (five)
-                H = _mm256_loadu_si256((const __m256i *)(blk + 16));
-            for (int g = 0; g < 4; g++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
-                w[2 * g] = _mm256_and_si256(v, m4);
-                w[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                if (five) {
-                    /* bit j of qh[l] is the 5th bit of sub-block j, column l */
-                    const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * g)));
-                    const __m256i b1 = _mm256_set1_epi8((char)(2 << (2 * g)));
-                    const __m256i x10 = _mm256_set1_epi8(0x10);
-                    w[2 * g] = _mm256_or_si256(w[2 * g], _mm256_and_si256(
-                        _mm256_cmpeq_epi8(_mm256_and_si256(H, b0), b0), x10));
-                    w[2 * g + 1] = _mm256_or_si256(w[2 * g + 1], _mm256_and_si256(
-                        _mm256_cmpeq_epi8(_mm256_and_si256(H, b1), b1), x10));
+            for (int t = 0; t < T; t++) {
+                float *yp = y + (t0 + t) * ldy + pr0;
+                if (valid == 8) {
+                    _mm256_storeu_ps(yp, tot[t]);
+                } else {
+                    _Alignas(32) float tmp[8];
+                    _mm256_store_ps(tmp, tot[t]);
+                    for (int i = 0; i < valid; i++)
+                        yp[i] = tmp[i];
                 }
             }
         }
-        for (int t = 0; t < T; t++) {
-            const int64_t tt = t0 + t;
-            const int8_t *aq = a->q + tt * a->q_stride + sb * GM_QK_K;
-            __m256i isum = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++) {
-                const __m256i act = _mm256_loadu_si256((const __m256i *)(aq + 32 * j));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(w[j], act), scv[j]));
-            }
-            if (type == GM_TYPE_Q6_K) {
-                const int32_t *corr = a->corr + tt * a->corr_stride + sb * 16;
-                isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(sc32[0], _mm256_loadu_si256((const __m256i *)corr)));
-                isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(sc32[1], _mm256_loadu_si256((const __m256i *)(corr + 8))));
-            }
-            const float da = a->d[tt * a->d_stride + sb * 8];
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw * da), acc[t]);
-            if (type != GM_TYPE_Q6_K)
-                acc[t] = _mm256_fmadd_ps(minv, _mm256_loadu_ps(a->dsum + tt * a->d_stride + sb * 8), acc[t]);
-        }
     }
-    for (int t = 0; t < T; t++)
-        out[t] = hsum8(acc[t]);
 }
 
 /* ------------------------------------------------------------ float weights */
@@ -602,25 +680,10 @@ AI void row_f(const gm_type type, const uint8_t *row, const gm_act *a, int64_t t
 AI void row_any(const gm_type type, const uint8_t *row, const gm_act *a, int64_t t0, const int T,
                 float *out)
 {
-    switch (type) {
-    case GM_TYPE_Q4_0:
-    case GM_TYPE_Q4_1:
-    case GM_TYPE_Q5_0:
-    case GM_TYPE_Q8_0:
-        row_q32(type, row, a, t0, T, out);
-        break;
-    case GM_TYPE_Q4_K:
-    case GM_TYPE_Q5_K:
-    case GM_TYPE_Q6_K:
-        row_k(type, row, a, t0, T, out);
-        break;
-    default:
-        row_f(type, row, a, t0, T, out);
-        break;
-    }
+    row_f(type, row, a, t0, T, out);
 }
 
-/* One row at a time (float weights, and quantized ones for tiny batches). */
+/* Float weights: one row at a time, every n (so batch-invariant as well). */
 AI void mm_rows(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
                 float *y, int64_t ldy)
 {

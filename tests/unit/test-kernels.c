@@ -300,6 +300,107 @@ static void test_all_types(gm_pool *pool2, gm_pool *pool3)
     test_case(GM_TYPE_Q6_K, 300, 256, 9, pool2, pool3);
 }
 
+/* Batch invariance: for every type and every path, one call with n tokens must give
+ * the bits of n one-token calls (decode), of calls in chunks of 3, 5 and 16 tokens
+ * (chunked prefill) and of the same call on 2 threads, at shapes where rows are not a
+ * multiple of the kernels' 8/16-row groups and K spans one or several chunks. Each
+ * layer re-quantizes its activations, so a last-bit difference here grows into visibly
+ * different decode and prefill results. */
+static void test_batch_invariance(gm_pool *pool2)
+{
+    enum { NTOK = 40 };
+    static const int64_t rows_list[] = { 13, 37 };
+    for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+        const gm_type type = all_types[ti];
+        const int bs = gm_type_get_traits((uint32_t)type)->block_size;
+        /* one block / several K chunks (the kernels chunk K by 16 blocks of 32) */
+        const int64_t cols_list[2] = { bs == 256 ? 256 : bs == 32 ? 64 : 23,
+                                       bs == 256 ? 1280 : bs == 32 ? 608 : 531 };
+        for (int ci = 0; ci < 2; ci++)
+            for (int ri = 0; ri < 2; ri++) {
+                const int64_t rows = rows_list[ri], cols = cols_list[ci];
+                const size_t rb = gm_row_size(type, cols);
+                uint8_t *wd = malloc(rb * (size_t)rows);
+                float *wf = malloc((size_t)cols * sizeof(float));
+                for (int64_t r = 0; r < rows; r++) {
+                    fill_values(wf, cols, r % 4 == 2);
+                    gm_quantize_row(type, wf, wd + (size_t)r * rb, cols);
+                }
+                gm_matrix w = { .type = type, .rows = rows, .cols = cols, .row_bytes = rb,
+                                .data = wd, .name = "inv" };
+                const int64_t ldx = cols + 1, ldy = rows + 1;
+                float *x = malloc((size_t)(NTOK * ldx) * sizeof(float));
+                for (int64_t t = 0; t < NTOK; t++)
+                    fill_values(x + t * ldx, cols, t % 7 == 3);
+                float *yd = malloc((size_t)(NTOK * ldy) * sizeof(float));
+                float *yb = malloc((size_t)(NTOK * ldy) * sizeof(float));
+                float *yc = malloc((size_t)(NTOK * ldy) * sizeof(float));
+                for (int pass = 0; pass <= GM_ISA_AVX512 + 2; pass++) {
+                    const int isa = pass <= GM_ISA_AVX512 ? pass : GM_ISA_AVX512;
+                    const int amx_off = pass == GM_ISA_AVX512 + 1;
+                    const int bf16_off = pass == GM_ISA_AVX512 + 2;
+                    if (!isa_available((gm_isa)isa))
+                        continue;
+                    if (amx_off && !gm_amx_available())
+                        continue;
+                    if (bf16_off && !(type == GM_TYPE_BF16 && bf16dp_available()))
+                        continue;
+                    setenv("GEMMAD_AMX", amx_off ? "0" : "1", 1);
+                    setenv("GEMMAD_AVX512BF16", bf16_off ? "0" : "1", 1);
+                    const char *label = amx_off ? "avx512(no amx)" : bf16_off ? "avx512(no bf16)"
+                                                                              : gm_isa_name((gm_isa)isa);
+                    /* decode: one token per call */
+                    for (int64_t t = 0; t < NTOK; t++)
+                        gm_matmul_isa((gm_isa)isa, NULL, &w, x + t * ldx, 1, ldx, yd + t * ldy, ldy);
+                    int bad_n = 0, bad_chunk = 0, bad_thr = 0;
+                    for (int64_t n = 1; n <= NTOK; n++) {
+                        gm_matmul_isa((gm_isa)isa, NULL, &w, x, n, ldx, yb, ldy);
+                        for (int64_t t = 0; t < n; t++) {
+                            if (memcmp(yb + t * ldy, yd + t * ldy, (size_t)rows * sizeof(float)) != 0)
+                                bad_n = bad_n ? bad_n : (int)n;
+                        }
+                    }
+                    /* yb holds the NTOK batch: chunked prefill and 2 threads */
+                    static const int64_t chunks[] = { 3, 5, 16 };
+                    for (int c = 0; c < 3; c++) {
+                        for (int64_t t0 = 0; t0 < NTOK; t0 += chunks[c]) {
+                            const int64_t m = NTOK - t0 < chunks[c] ? NTOK - t0 : chunks[c];
+                            gm_matmul_isa((gm_isa)isa, NULL, &w, x + t0 * ldx, m, ldx, yc + t0 * ldy, ldy);
+                            for (int64_t t = t0; t < t0 + m; t++)
+                                if (memcmp(yc + t * ldy, yb + t * ldy, (size_t)rows * sizeof(float)) != 0)
+                                    bad_chunk = (int)chunks[c];
+                        }
+                    }
+                    if (pool2) {
+                        gm_matmul_isa((gm_isa)isa, pool2, &w, x, NTOK, ldx, yc, ldy);
+                        for (int64_t t = 0; t < NTOK; t++)
+                            if (memcmp(yc + t * ldy, yb + t * ldy, (size_t)rows * sizeof(float)) != 0)
+                                bad_thr = 1;
+                        for (int64_t t = 0; t < NTOK; t++)
+                            gm_matmul_isa((gm_isa)isa, pool2, &w, x + t * ldx, 1, ldx, yc + t * ldy, ldy);
+                        for (int64_t t = 0; t < NTOK; t++)
+                            if (memcmp(yc + t * ldy, yd + t * ldy, (size_t)rows * sizeof(float)) != 0)
+                                bad_thr = 1;
+                    }
+                    CHECKF(!bad_n, "%s %s rows=%lld cols=%lld: batch of %d != decode",
+                           label, gm_type_name(type), (long long)rows, (long long)cols, bad_n);
+                    CHECKF(!bad_chunk, "%s %s rows=%lld cols=%lld: chunks of %d != one batch",
+                           label, gm_type_name(type), (long long)rows, (long long)cols, bad_chunk);
+                    CHECKF(!bad_thr, "%s %s rows=%lld cols=%lld: 2 threads != 1",
+                           label, gm_type_name(type), (long long)rows, (long long)cols);
+                }
+                unsetenv("GEMMAD_AMX");
+                unsetenv("GEMMAD_AVX512BF16");
+                free(wd);
+                free(wf);
+                free(x);
+                free(yd);
+                free(yb);
+                free(yc);
+            }
+    }
+}
+
 /* Runs the matmul on rows x k BF16 weights for tokens [t0, t0 + n) of x. */
 static void mm_tokens(gm_pool *pool, const gm_matrix *w, const float *x, int64_t ldx, int64_t t0,
                       int64_t n, float *y, int64_t ldy)
@@ -623,6 +724,7 @@ int main(void)
     gm_pool *pool3 = gm_pool_create(3);
     CHECK(pool2 && pool3);
     test_all_types(pool2, pool3);
+    test_batch_invariance(pool2);
     test_bf16_dp(pool2, pool3);
     gm_pool_destroy(pool2);
     gm_pool_destroy(pool3);
