@@ -23,6 +23,7 @@
 #include "decoder/context.h"
 #include "decoder/masks.h"
 #include "decoder/model.h"
+#define GM_TEST_RERUN_ISAS
 #include "test-util.h"
 #include "tools/synth-model.h"
 
@@ -1087,33 +1088,6 @@ static void test_media_placeholders(const char *path, gm_pool *pool)
 
 /* ================================================================== main */
 
-/* Runs this binary again with GEMMAD_ISA forced to each lower ISA (the attention and
- * ops kernels are chosen from it), so every code path meets the reference. */
-static int rerun_lower_isas(char **argv)
-{
-    static const struct { const char *name; gm_isa isa; } lower[] = {
-        { "avx2", GM_ISA_AVX2 }, { "scalar", GM_ISA_SCALAR },
-    };
-    int rc = 0;
-    for (size_t i = 0; i < 2; i++) {
-        if (gm_cpu_best_isa() <= lower[i].isa)
-            continue;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            setenv("GEMMAD_ISA", lower[i].name, 1);
-            execv("/proc/self/exe", argv);
-            _exit(127);
-        }
-        int st = 0;
-        if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test-decoder with GEMMAD_ISA=%s failed\n", lower[i].name);
-            rc = 1;
-        }
-    }
-    return rc;
-}
-
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -1192,6 +1166,6 @@ int main(int argc, char **argv)
     int rc = gm_test_finish();
     const char *isa = getenv("GEMMAD_ISA");
     if (!isa || !*isa)
-        rc |= rerun_lower_isas(argv);
+        rc |= gm_test_rerun_lower_isas("test-decoder", argv);
     return rc;
 }

@@ -12,6 +12,7 @@
 
 #include "core/cpu.h"
 #include "core/ops.h"
+#define GM_TEST_RERUN_ISAS
 #include "test-util.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
@@ -299,25 +300,5 @@ int main(int argc, char **argv)
     if (isa && *isa)
         return rc; /* a child run (or the caller forced one path) */
 
-    /* Re-run for each lower ISA this CPU offers. */
-    static const struct { const char *name; gm_isa isa; } lower[] = {
-        { "avx2", GM_ISA_AVX2 }, { "scalar", GM_ISA_SCALAR },
-    };
-    for (size_t i = 0; i < 2; i++) {
-        if (gm_cpu_best_isa() <= lower[i].isa)
-            continue;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            setenv("GEMMAD_ISA", lower[i].name, 1);
-            execv("/proc/self/exe", argv);
-            _exit(127);
-        }
-        int st = 0;
-        if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "ops with GEMMAD_ISA=%s failed\n", lower[i].name);
-            rc = 1;
-        }
-    }
-    return rc;
+    return rc | gm_test_rerun_lower_isas("ops", argv);
 }

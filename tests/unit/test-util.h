@@ -3,6 +3,8 @@
 #pragma once
 
 #include <math.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,3 +42,35 @@ static inline int gm_test_finish(void)
     printf("%d passed, %d failed\n", gm_test_passed, gm_test_failed);
     return gm_test_failed ? 1 : 0;
 }
+
+#ifdef GM_TEST_RERUN_ISAS
+#include "core/cpu.h"
+
+/* Runs this binary again with GEMMAD_ISA forced to each ISA below the best one this CPU
+ * has (kernels and ops are chosen from it), so every code path meets the same checks.
+ * Returns non-zero if any child run failed. */
+static inline int gm_test_rerun_lower_isas(const char *what, char **argv)
+{
+    static const struct { const char *name; gm_isa isa; } lower[] = {
+        { "avx2", GM_ISA_AVX2 }, { "scalar", GM_ISA_SCALAR },
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof lower / sizeof lower[0]; i++) {
+        if (gm_cpu_best_isa() <= lower[i].isa)
+            continue;
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv("GEMMAD_ISA", lower[i].name, 1);
+            execv("/proc/self/exe", argv);
+            _exit(127);
+        }
+        int st = 0;
+        if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "%s with GEMMAD_ISA=%s failed\n", what, lower[i].name);
+            rc = 1;
+        }
+    }
+    return rc;
+}
+#endif
