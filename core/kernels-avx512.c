@@ -284,7 +284,7 @@ AI void dec_q6_K(const rowgrp *g, int64_t sb, qpanel *P, int kb, int rg)
     }
 }
 
-/* Decodes blocks [kb0, kb0 + nkb) of the RW row groups into the panel. */
+/* Decodes blocks [kb0, kb0 + nkb) of the first rw (<= RW) row groups into the panel. */
 /* Software prefetch of the next panel, spread over the decode work: a burst of
  * prefetches would stall on the few line-fill buffers. */
 typedef struct {
@@ -298,9 +298,10 @@ AI void pf_block(pfcur *c)
         _mm_prefetch(c->p + c->off, _MM_HINT_T1);
 }
 
-AI void decode_chunk(const gm_type type, const rowgrp *G, int64_t kb0, int nkb, qpanel *P, pfcur *pf)
+AI void decode_chunk(const gm_type type, const int rw, const rowgrp *G, int64_t kb0, int nkb,
+                     qpanel *P, pfcur *pf)
 {
-    for (int rg = 0; rg < RW; rg++) {
+    for (int rg = 0; rg < rw; rg++) {
         switch (type) {
         case GM_TYPE_Q4_0:
             for (int kb = 0; kb < nkb; kb++) {
@@ -368,7 +369,7 @@ AI void panel_to_signed(const gm_type type, int nkb, qpanel *P)
 /* acc[g][t] += panel blocks [0, nkb) x tokens t0..t0+T-1 (columns from block kb0).
  * NSC: scales per 32 columns (1, or 2 for Q6_K); MIN: add the min term. */
 AI void micro_q(const qpanel *P, int nkb, int64_t kb0, const gm_act *a, int64_t t0,
-                const int T, const int NSC, const int MIN, __m512 acc[RW][TT])
+                const int T, const int NSC, const int MIN, const int rw, __m512 acc[RW][TT])
 {
     const int8_t *aq[TT];
     const float *ad[TT], *am[TT];
@@ -382,22 +383,22 @@ AI void micro_q(const qpanel *P, int nkb, int64_t kb0, const gm_act *a, int64_t 
     for (int kb = 0; kb < nkb; kb++) {
         for (int h = 0; h < NSC; h++) {
             __m512i ia[RW][TT];
-            for (int g = 0; g < RW; g++)
+            for (int g = 0; g < rw; g++)
                 for (int t = 0; t < T; t++)
                     ia[g][t] = _mm512_set1_epi32(ac[t][kb * NSC + h]);
             for (int st = h * 8 / NSC; st < (h + 1) * 8 / NSC; st++) {
                 __m512i wv[RW];
-                for (int g = 0; g < RW; g++)
+                for (int g = 0; g < rw; g++)
                     wv[g] = _mm512_load_si512(&P->w[kb][g][st]);
                 for (int t = 0; t < T; t++) {
                     const __m512i av = _mm512_set1_epi32(load_i32(aq[t] + kb * 32 + 4 * st));
-                    for (int g = 0; g < RW; g++)
+                    for (int g = 0; g < rw; g++)
                         ia[g][t] = _mm512_dpbusd_epi32(ia[g][t], wv[g], av);
                 }
             }
             for (int t = 0; t < T; t++) {
                 const __m512 da = _mm512_set1_ps(ad[t][kb]);
-                for (int g = 0; g < RW; g++)
+                for (int g = 0; g < rw; g++)
                     acc[g][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ia[g][t]), da),
                                                 P->s[kb][g][h], acc[g][t]);
             }
@@ -405,7 +406,7 @@ AI void micro_q(const qpanel *P, int nkb, int64_t kb0, const gm_act *a, int64_t 
         if (MIN) {
             for (int t = 0; t < T; t++) {
                 const __m512 ds = _mm512_set1_ps(am[t][kb]);
-                for (int g = 0; g < RW; g++)
+                for (int g = 0; g < rw; g++)
                     acc[g][t] = _mm512_fmadd_ps(P->m[kb][g], ds, acc[g][t]);
             }
         }
@@ -413,10 +414,10 @@ AI void micro_q(const qpanel *P, int nkb, int64_t kb0, const gm_act *a, int64_t 
 }
 
 /* Stores (first K chunk) or adds the tile into y. */
-AI void store_tile(__m512 acc[RW][TT], const int T, float *y, int64_t ldy, int64_t t0,
+AI void store_tile(__m512 acc[RW][TT], const int T, const int rw, float *y, int64_t ldy, int64_t t0,
                    int64_t pr0, int64_t r1, int first)
 {
-    for (int g = 0; g < RW; g++) {
+    for (int g = 0; g < rw; g++) {
         const int64_t rr = pr0 + 16 * g;
         if (rr >= r1)
             break;
@@ -432,31 +433,31 @@ AI void store_tile(__m512 acc[RW][TT], const int T, float *y, int64_t ldy, int64
     }
 }
 
-AI void run_tile_q(const int T, const int NSC, const int MIN, const qpanel *P, int nkb,
+AI void run_tile_q(const int T, const int NSC, const int MIN, const int rw, const qpanel *P, int nkb,
                    int64_t kb0, const gm_act *a, int64_t t0, float *y, int64_t ldy, int64_t pr0,
                    int64_t r1, int first)
 {
     __m512 acc[RW][TT];
-    for (int g = 0; g < RW; g++)
+    for (int g = 0; g < rw; g++)
         for (int t = 0; t < T; t++)
             acc[g][t] = _mm512_setzero_ps();
-    micro_q(P, nkb, kb0, a, t0, T, NSC, MIN, acc);
-    store_tile(acc, T, y, ldy, t0, pr0, r1, first);
+    micro_q(P, nkb, kb0, a, t0, T, NSC, MIN, rw, acc);
+    store_tile(acc, T, rw, y, ldy, t0, pr0, r1, first);
 }
 
-AI void tiles_q(const int NSC, const int MIN, const qpanel *P, int nkb, int64_t kb0,
+AI void tiles_q(const int NSC, const int MIN, const int rw, const qpanel *P, int nkb, int64_t kb0,
                 const gm_act *a, int64_t tb0, int64_t tb1, float *y, int64_t ldy, int64_t pr0,
                 int64_t r1, int first)
 {
     int64_t t0 = tb0;
     for (; t0 + TT <= tb1; t0 += TT)
-        run_tile_q(TT, NSC, MIN, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first);
+        run_tile_q(TT, NSC, MIN, rw, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first);
     switch (tb1 - t0) {
-    case 5: run_tile_q(5, NSC, MIN, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
-    case 4: run_tile_q(4, NSC, MIN, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
-    case 3: run_tile_q(3, NSC, MIN, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
-    case 2: run_tile_q(2, NSC, MIN, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
-    case 1: run_tile_q(1, NSC, MIN, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
+    case 5: run_tile_q(5, NSC, MIN, rw, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
+    case 4: run_tile_q(4, NSC, MIN, rw, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
+    case 3: run_tile_q(3, NSC, MIN, rw, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
+    case 2: run_tile_q(2, NSC, MIN, rw, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
+    case 1: run_tile_q(1, NSC, MIN, rw, P, nkb, kb0, a, t0, y, ldy, pr0, r1, first); break;
     default: break;
     }
 }
@@ -470,9 +471,10 @@ static int64_t token_block(int64_t n, int64_t bytes_per_token, int tile)
     return tb < n ? tb : n;
 }
 
-AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0,
-                 int64_t r1, float *y, int64_t ldy)
+AI void mm_quant_rw(const gm_type type, const int rw, const gm_matrix *w, const gm_act *a,
+                    int64_t r0, int64_t r1, float *y, int64_t ldy)
 {
+    const int64_t pr = 16 * rw;
     const int NSC = type == GM_TYPE_Q6_K ? 2 : 1;
     const int MIN = type == GM_TYPE_Q4_1 || type == GM_TYPE_Q4_K || type == GM_TYPE_Q5_K;
     const int64_t nblk = w->cols / 32;
@@ -482,25 +484,38 @@ AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
     rowgrp G[RW];
     for (int64_t tb0 = 0; tb0 < n; tb0 += tblk) {
         const int64_t tb1 = tb0 + tblk < n ? tb0 + tblk : n;
-        for (int64_t pr0 = r0; pr0 < r1; pr0 += PR) {
-            for (int g = 0; g < RW; g++)
+        for (int64_t pr0 = r0; pr0 < r1; pr0 += pr) {
+            for (int g = 0; g < rw; g++)
                 rowgrp_init(&G[g], w, pr0 + 16 * g, r1 - 1);
             /* The next panel's rows are one contiguous range: prefetch it into L2 while
              * decoding this one (a few lines per block), so streaming a large matrix
              * (n = 1) does not wait on the hardware prefetchers, which see 32
              * interleaved row streams. Measured: ~1.5x the bandwidth of no prefetch. */
-            const uint8_t *nxt = (const uint8_t *)w->data + (size_t)(pr0 + PR) * w->row_bytes;
-            const int64_t nxt_rows = r1 - (pr0 + PR) < PR ? r1 - (pr0 + PR) : PR;
+            const uint8_t *nxt = (const uint8_t *)w->data + (size_t)(pr0 + pr) * w->row_bytes;
+            const int64_t nxt_rows = r1 - (pr0 + pr) < pr ? r1 - (pr0 + pr) : pr;
             const size_t nxt_bytes = nxt_rows > 0 ? (size_t)nxt_rows * w->row_bytes : 0;
             pfcur pf = { (const char *)nxt, 0, nxt_bytes,
-                         (nxt_bytes / 64 + (size_t)(RW * nblk) - 1) / (size_t)(RW * nblk) };
+                         (nxt_bytes / 64 + (size_t)(rw * nblk) - 1) / (size_t)(rw * nblk) };
             for (int64_t kb0 = 0; kb0 < nblk; kb0 += KCB) {
                 const int nkb = nblk - kb0 < KCB ? (int)(nblk - kb0) : KCB;
-                decode_chunk(type, G, kb0, nkb, &P, &pf);
-                tiles_q(NSC, MIN, &P, nkb, kb0, a, tb0, tb1, y, ldy, pr0, r1, kb0 == 0);
+                decode_chunk(type, rw, G, kb0, nkb, &P, &pf);
+                tiles_q(NSC, MIN, rw, &P, nkb, kb0, a, tb0, tb1, y, ldy, pr0, r1, kb0 == 0);
             }
         }
     }
+}
+
+/* One token streams each weight once: 16-row panels (half the width of the batch
+ * panels) keep fewer row streams open and the next-panel prefetch nearer, measured ~5%
+ * faster whole-model decode. Batches keep 32-row panels, which reuse each activation
+ * broadcast for two row groups. Each row's arithmetic is the same either way. */
+AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0,
+                 int64_t r1, float *y, int64_t ldy)
+{
+    if (a->n == 1)
+        mm_quant_rw(type, 1, w, a, r0, r1, y, ldy);
+    else
+        mm_quant_rw(type, RW, w, a, r0, r1, y, ldy);
 }
 
 static void mm_q4_0(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1, float *y, int64_t ldy)
@@ -671,7 +686,7 @@ AI void mm_amx(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t 
                 const int nkb = nblk - kb0 < KCB ? (int)(nblk - kb0) : KCB;
                 pfcur nopf = { NULL, 0, 0, 0 };
                 amx_barrier(); /* earlier tile loads of the panel stay before its rewrite */
-                decode_chunk(type, G, kb0, nkb, &P, &nopf);
+                decode_chunk(type, RW, G, kb0, nkb, &P, &nopf);
                 if (SGN)
                     panel_to_signed(type, nkb, &P);
                 amx_barrier();
