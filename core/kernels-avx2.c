@@ -255,12 +255,7 @@ AI void micro_q(const gm_type type, const qpanel *P, int nkb, int64_t kb0, const
     const int8_t *aq[TQ];
     const float *ad[TQ], *am[TQ];
     const int32_t *ac[TQ];
-    for (int t = 0; t < T; t++) {
-        aq[t] = a->q + (t0 + t) * a->q_stride + kb0 * 32;
-        ad[t] = a->d + (t0 + t) * a->d_stride + kb0;
-        ac[t] = a->corr + (t0 + t) * a->corr_stride + kb0 * NSC;
-        am[t] = MIN ? a->dsum + (t0 + t) * a->d_stride + kb0 : NULL;
-    }
+    gm_act_block_ptrs(a, t0, T, kb0, NSC, MIN, aq, ad, ac, am);
     for (int kb = 0; kb < nkb; kb++) {
         for (int h = 0; h < NSC; h++) {
             __m256i ia[TQ];

@@ -374,12 +374,7 @@ AI void micro_q(const qpanel *P, int nkb, int64_t kb0, const gm_act *a, int64_t 
     const int8_t *aq[TT];
     const float *ad[TT], *am[TT];
     const int32_t *ac[TT];
-    for (int t = 0; t < T; t++) {
-        aq[t] = a->q + (t0 + t) * a->q_stride + kb0 * 32;
-        ad[t] = a->d + (t0 + t) * a->d_stride + kb0;
-        ac[t] = a->corr + (t0 + t) * a->corr_stride + kb0 * NSC;
-        am[t] = MIN ? a->dsum + (t0 + t) * a->d_stride + kb0 : NULL;
-    }
+    gm_act_block_ptrs(a, t0, T, kb0, NSC, MIN, aq, ad, ac, am);
     for (int kb = 0; kb < nkb; kb++) {
         for (int h = 0; h < NSC; h++) {
             __m512i ia[RW][TT];
@@ -1146,6 +1141,20 @@ static inline __m512bh as_bh(__m512i v)
     return r;
 }
 
+/* acc[i][t] += w_i . (hi_t + lo_t) over the 32 columns at c (hi then lo, per row). */
+AI void bf_step(const int R, const int T, const __m512bh *wv, const uint16_t *const *xh, int64_t kp,
+                int64_t c, __m512 acc[BFR1][BFT])
+{
+    for (int t = 0; t < T; t++) {
+        const __m512bh hv = as_bh(_mm512_load_si512(xh[t] + c));
+        const __m512bh lv = as_bh(_mm512_load_si512(xh[t] + kp + c));
+        for (int i = 0; i < R; i++)
+            acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], hv);
+        for (int i = 0; i < R; i++)
+            acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], lv);
+    }
+}
+
 AI void bf_tile(const int R, const int T, const gm_matrix *w, const gm_act *a, int64_t r,
                 int64_t t0, float *y, int64_t ldy)
 {
@@ -1167,14 +1176,7 @@ AI void bf_tile(const int R, const int T, const gm_matrix *w, const gm_act *a, i
             _mm_prefetch((const char *)(wr[i] + c) + BF_PF, _MM_HINT_T0);
             wv[i] = as_bh(_mm512_loadu_si512(wr[i] + c));
         }
-        for (int t = 0; t < T; t++) {
-            const __m512bh hv = as_bh(_mm512_load_si512(xh[t] + c));
-            const __m512bh lv = as_bh(_mm512_load_si512(xh[t] + kp + c));
-            for (int i = 0; i < R; i++)
-                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], hv);
-            for (int i = 0; i < R; i++)
-                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], lv);
-        }
+        bf_step(R, T, wv, xh, kp, c, acc);
     }
     if (c < k) {
         /* Last columns: masked weight loads (no read past the row) against the zero
@@ -1183,14 +1185,7 @@ AI void bf_tile(const int R, const int T, const gm_matrix *w, const gm_act *a, i
         __m512bh wv[BFR1];
         for (int i = 0; i < R; i++)
             wv[i] = as_bh(_mm512_maskz_loadu_epi16(m, wr[i] + c));
-        for (int t = 0; t < T; t++) {
-            const __m512bh hv = as_bh(_mm512_load_si512(xh[t] + c));
-            const __m512bh lv = as_bh(_mm512_load_si512(xh[t] + kp + c));
-            for (int i = 0; i < R; i++)
-                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], hv);
-            for (int i = 0; i < R; i++)
-                acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], lv);
-        }
+        bf_step(R, T, wv, xh, kp, c, acc);
     }
     /* Each output of hadd16_ps goes through the same reduction tree whatever the other
      * 15 vectors hold. */

@@ -51,6 +51,21 @@ typedef struct gm_act {
 typedef void (*gm_kernel_fn)(const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
                              float *y, int64_t ldy);
 
+/* Pointers into the quantized activations of tokens t0..t0+T-1, starting at block kb0:
+ * quants, block scales, bias corrections (nsc per block) and, when with_min, the block
+ * sums that K-quant / Q4_1 minimums multiply. Shared by the per-ISA micro-kernels. */
+static inline void gm_act_block_ptrs(const gm_act *a, int64_t t0, int T, int64_t kb0, int nsc,
+                                     int with_min, const int8_t **aq, const float **ad,
+                                     const int32_t **ac, const float **am)
+{
+    for (int t = 0; t < T; t++) {
+        aq[t] = a->q + (t0 + t) * a->q_stride + kb0 * 32;
+        ad[t] = a->d + (t0 + t) * a->d_stride + kb0;
+        ac[t] = a->corr + (t0 + t) * a->corr_stride + kb0 * nsc;
+        am[t] = with_min ? a->dsum + (t0 + t) * a->d_stride + kb0 : NULL;
+    }
+}
+
 /* Weight-quant offset that makes the stored quants unsigned for the SIMD dot products. */
 static inline int gm_kernel_bias(gm_type t)
 {
