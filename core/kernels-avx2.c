@@ -305,15 +305,6 @@ AI void run_tile_q(const gm_type type, const int T, const qpanel *P, int nkb, in
     }
 }
 
-static int64_t token_block(int64_t n, int64_t bytes_per_token, int tile)
-{
-    int64_t tb = TOK_BLOCK_BYTES / (bytes_per_token > 0 ? bytes_per_token : 1);
-    tb = tb / tile * tile;
-    if (tb < tile)
-        tb = tile;
-    return tb < n ? tb : n;
-}
-
 AI void mm_rows8(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t r0, int64_t r1,
                  float *y, int64_t ldy);
 
@@ -328,7 +319,7 @@ AI void mm_quant(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
         return;
     }
     const int64_t nblk = w->cols / 32, n = a->n;
-    const int64_t tblk = token_block(n, w->cols, TQ);
+    const int64_t tblk = gm_token_block(TOK_BLOCK_BYTES, n, w->cols, TQ);
     _Alignas(32) qpanel P;
     for (int64_t tb0 = 0; tb0 < n; tb0 += tblk) {
         const int64_t tb1 = tb0 + tblk < n ? tb0 + tblk : n;

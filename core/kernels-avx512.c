@@ -457,15 +457,6 @@ AI void tiles_q(const int NSC, const int MIN, const int rw, const qpanel *P, int
     }
 }
 
-static int64_t token_block(int64_t n, int64_t bytes_per_token, int tile)
-{
-    int64_t tb = TOK_BLOCK_BYTES / (bytes_per_token > 0 ? bytes_per_token : 1);
-    tb = tb / tile * tile;
-    if (tb < tile)
-        tb = tile;
-    return tb < n ? tb : n;
-}
-
 AI void mm_quant_rw(const gm_type type, const int rw, const gm_matrix *w, const gm_act *a,
                     int64_t r0, int64_t r1, float *y, int64_t ldy)
 {
@@ -474,7 +465,7 @@ AI void mm_quant_rw(const gm_type type, const int rw, const gm_matrix *w, const 
     const int MIN = type == GM_TYPE_Q4_1 || type == GM_TYPE_Q4_K || type == GM_TYPE_Q5_K;
     const int64_t nblk = w->cols / 32;
     const int64_t n = a->n;
-    const int64_t tblk = token_block(n, w->cols, TT);
+    const int64_t tblk = gm_token_block(TOK_BLOCK_BYTES, n, w->cols, TT);
     _Alignas(64) qpanel P;
     rowgrp G[RW];
     for (int64_t tb0 = 0; tb0 < n; tb0 += tblk) {
@@ -652,7 +643,7 @@ AI void mm_amx(const gm_type type, const gm_matrix *w, const gm_act *a, int64_t 
     const int SGN = gm_kernel_bias(type) != 0;
     const int64_t nblk = w->cols / 32;
     const int64_t n = a->n;
-    const int64_t tblk = token_block(n, w->cols, 16);
+    const int64_t tblk = gm_token_block(TOK_BLOCK_BYTES, n, w->cols, 16);
 
     _Alignas(64) amx_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -872,7 +863,7 @@ AI void mm_float(const gm_type type, const gm_matrix *w, const gm_act *a, int64_
                  float *y, int64_t ldy)
 {
     const int64_t n = a->n, k = w->cols;
-    const int64_t tblk = token_block(n, k, TF);
+    const int64_t tblk = gm_token_block(TOK_BLOCK_BYTES, n, k, TF);
     _Alignas(64) fpanel P;
     rowgrp G[RW];
     /* Columns past a multiple of 16 are done in scalar code below. */

@@ -66,6 +66,17 @@ static inline void gm_act_block_ptrs(const gm_act *a, int64_t t0, int T, int64_t
     }
 }
 
+/* Tokens per block so that a block's activations (bytes_per_token each) fit the ISA's
+ * cache budget: a multiple of the token tile, at least one tile, at most n. */
+static inline int64_t gm_token_block(int64_t budget_bytes, int64_t n, int64_t bytes_per_token, int tile)
+{
+    int64_t tb = budget_bytes / (bytes_per_token > 0 ? bytes_per_token : 1);
+    tb = tb / tile * tile;
+    if (tb < tile)
+        tb = tile;
+    return tb < n ? tb : n;
+}
+
 /* Weight-quant offset that makes the stored quants unsigned for the SIMD dot products. */
 static inline int gm_kernel_bias(gm_type t)
 {
