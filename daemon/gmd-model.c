@@ -1,0 +1,143 @@
+/* gmd-model.c — loading a model bundle and describing it. */
+#include "gmd-model.h"
+
+#include <string.h>
+
+#include "core/gguf.h"
+#include "gmd-error.h"
+
+/* The weight type holding most parameters of the layer matrices ("blk.*", 2-D): that is
+ * what a user calls the quantization (embedding tables are often kept at another type). */
+static char *
+predominant_type (const gm_gguf *g)
+{
+  guint64 per_type[GM_TYPE_COUNT] = { 0 };
+  guint64 total = 0;
+  for (int pass = 0; pass < 2 && total == 0; pass++)
+    for (guint64 i = 0; i < g->n_tensors; i++)
+      {
+        const gm_gguf_tensor *t = &g->tensors[i];
+        if (t->n_dims != 2 || (guint) t->type >= GM_TYPE_COUNT)
+          continue;
+        if (pass == 0 && !g_str_has_prefix (t->name, "blk."))
+          continue;
+        guint64 n = (guint64) t->ne[0] * (guint64) t->ne[1];
+        per_type[t->type] += n;
+        total += n;
+      }
+  if (total == 0)
+    return g_strdup ("unknown");
+  guint best = 0;
+  for (guint i = 1; i < GM_TYPE_COUNT; i++)
+    if (per_type[i] > per_type[best])
+      best = i;
+  if (per_type[best] * 2 <= total)
+    return g_strdup ("mixed");
+  return g_ascii_strup (gm_type_name (best), -1);
+}
+
+static guint64
+count_params (const gm_gguf *g)
+{
+  guint64 n = 0;
+  for (guint64 i = 0; i < g->n_tensors; i++)
+    {
+      guint64 e = 1;
+      for (guint32 d = 0; d < g->tensors[i].n_dims; d++)
+        e *= (guint64) g->tensors[i].ne[d];
+      n += e;
+    }
+  return n;
+}
+
+static char *
+gguf_string (const gm_gguf *g, const char *key)
+{
+  const gm_gguf_kv *kv = gm_gguf_find_kv (g, key);
+  if (kv == NULL || kv->type != GM_GGUF_STRING)
+    return NULL;
+  char *s = g_strndup (kv->str.ptr, kv->str.len);
+  if (!g_utf8_validate (s, -1, NULL) || s[0] == '\0')
+    {
+      g_free (s);
+      return NULL;
+    }
+  return s;
+}
+
+GmdModel *
+gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
+                GError **error)
+{
+  gm_error err = { 0 };
+
+  if (mmproj_path != NULL && mmproj_path[0] != '\0')
+    {
+      /* Validated now so a bad path fails the load; the encoders come later. */
+      gm_gguf *proj = gm_gguf_open (mmproj_path, &err);
+      if (proj == NULL)
+        {
+          g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
+          return NULL;
+        }
+      gm_gguf_close (proj);
+    }
+
+  gm_model *model = gm_model_load (path, &err);
+  if (model == NULL)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "%s", err.msg);
+      return NULL;
+    }
+  gm_tokenizer *tok = gm_tokenizer_load (model->gguf, &err);
+  if (tok == NULL)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "%s", err.msg);
+      gm_model_free (model);
+      return NULL;
+    }
+
+  GmdModel *m = g_new0 (GmdModel, 1);
+  m->ref = 1;
+  m->model = model;
+  m->tokenizer = tok;
+  m->path = g_strdup (path);
+  m->mmproj_path = mmproj_path && mmproj_path[0] ? g_strdup (mmproj_path) : NULL;
+  m->name = gguf_string (model->gguf, "general.name");
+  if (m->name == NULL)
+    m->name = g_path_get_basename (path);
+  m->architecture = gguf_string (model->gguf, "general.architecture");
+  if (m->architecture == NULL)
+    m->architecture = g_strdup ("gemma4");
+  m->quantization = predominant_type (model->gguf);
+  m->n_ctx_train = model->hp.n_ctx_train;
+  m->context_size = context_size ? context_size
+                    : m->n_ctx_train ? MIN (m->n_ctx_train, 4096u) : 4096u;
+  m->n_params = count_params (model->gguf);
+  m->file_bytes = model->gguf->size;
+  m->channel_open = gm_tokenizer_find (tok, "<|channel>");
+  m->channel_close = gm_tokenizer_find (tok, "<channel|>");
+  return m;
+}
+
+GmdModel *
+gmd_model_ref (GmdModel *m)
+{
+  g_atomic_int_inc (&m->ref);
+  return m;
+}
+
+void
+gmd_model_unref (GmdModel *m)
+{
+  if (m == NULL || !g_atomic_int_dec_and_test (&m->ref))
+    return;
+  gm_tokenizer_free (m->tokenizer);
+  gm_model_free (m->model);
+  g_free (m->path);
+  g_free (m->mmproj_path);
+  g_free (m->name);
+  g_free (m->architecture);
+  g_free (m->quantization);
+  g_free (m);
+}

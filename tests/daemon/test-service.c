@@ -1,0 +1,1192 @@
+/* test-service.c — GmdService on the tiny model: streaming, summaries, determinism,
+ * limits, fairness, cancellation, sessions, media errors, shutdown, load failure. */
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gmd-service.h"
+
+static char *tiny_model_path;
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+typedef struct {
+  GmdRequest *request;
+  GString *text;
+  GString *thinking;
+  GArray *states;            /* GmdRequestState of each progress() */
+  GArray *positions;         /* queue_position of each QUEUED progress() */
+  guint n_callbacks;
+  gboolean first_was_progress;
+  gboolean finished;
+  guint32 next_seq;
+  gboolean seq_ok;
+  guint n_pieces;
+  GmdSummary summary;
+  char *error_message;
+  char *matched_stop;
+  int finish_order;          /* 1-based order among finished requests */
+  guint callbacks_after_abandon;
+  gboolean abandoned;
+} Collect;
+
+static int finish_counter;
+
+static Collect *
+collect_new (void)
+{
+  Collect *c = g_new0 (Collect, 1);
+  c->text = g_string_new (NULL);
+  c->thinking = g_string_new (NULL);
+  c->states = g_array_new (FALSE, FALSE, sizeof (GmdRequestState));
+  c->positions = g_array_new (FALSE, FALSE, sizeof (guint32));
+  c->seq_ok = TRUE;
+  return c;
+}
+
+static void
+collect_free (Collect *c)
+{
+  gmd_request_unref (c->request);
+  g_string_free (c->text, TRUE);
+  g_string_free (c->thinking, TRUE);
+  g_array_unref (c->states);
+  g_array_unref (c->positions);
+  g_free (c->error_message);
+  g_free (c->matched_stop);
+  g_free (c);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Collect, collect_free)
+
+static void
+on_progress (GmdRequest *r, const GmdProgress *p, gpointer user_data)
+{
+  Collect *c = user_data;
+  g_assert_false (c->finished);
+  if (c->abandoned)
+    c->callbacks_after_abandon++;
+  if (c->n_callbacks++ == 0)
+    c->first_was_progress = TRUE;
+  g_array_append_val (c->states, p->state);
+  if (p->state == GMD_STATE_QUEUED)
+    g_array_append_val (c->positions, p->queue_position);
+  if (p->state == GMD_STATE_PREFILL)
+    g_assert_cmpuint (p->prompt_done, <=, p->prompt_total);
+}
+
+static void
+on_piece (GmdRequest *r, guint32 seq, gboolean thinking, const char *text, gpointer user_data)
+{
+  Collect *c = user_data;
+  g_assert_false (c->finished);
+  if (c->abandoned)
+    c->callbacks_after_abandon++;
+  c->n_callbacks++;
+  g_assert_nonnull (text);
+  g_assert_cmpuint (strlen (text), >, 0);
+  g_assert_true (g_utf8_validate (text, -1, NULL));
+  if (seq != c->next_seq)
+    c->seq_ok = FALSE;
+  c->next_seq = seq + 1;
+  c->n_pieces++;
+  g_string_append (thinking ? c->thinking : c->text, text);
+}
+
+static void
+on_finished (GmdRequest *r, const GmdSummary *s, gpointer user_data)
+{
+  Collect *c = user_data;
+  g_assert_false (c->finished);
+  if (c->abandoned)
+    c->callbacks_after_abandon++;
+  c->n_callbacks++;
+  c->finished = TRUE;
+  c->finish_order = ++finish_counter;
+  c->summary = *s;
+  c->error_message = g_strdup (s->error_message);
+  c->matched_stop = g_strdup (s->matched_stop);
+  c->summary.error_message = c->error_message;
+  c->summary.matched_stop = c->matched_stop;
+  g_assert_true (gmd_request_is_finished (r));
+}
+
+static const GmdRequestSink sink = { on_progress, on_piece, on_finished };
+
+typedef gboolean (*Condition) (gpointer data);
+
+static gboolean
+on_timeout (gpointer data)
+{
+  *(gboolean *) data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Iterates the main context until cond holds; fails the test after timeout_s. */
+static void
+wait_until (Condition cond, gpointer data, guint timeout_s)
+{
+  gboolean timed_out = FALSE;
+  guint id = g_timeout_add_seconds (timeout_s, on_timeout, &timed_out);
+  while (!cond (data) && !timed_out)
+    g_main_context_iteration (NULL, TRUE);
+  if (!timed_out)
+    g_source_remove (id);
+  g_assert_false (timed_out);
+}
+
+static gboolean
+is_finished (gpointer data)
+{
+  return ((Collect *) data)->finished;
+}
+
+static gboolean
+is_accepted (gpointer data)
+{
+  return ((Collect *) data)->n_callbacks > 0;
+}
+
+static gboolean
+is_generating (gpointer data)
+{
+  Collect *c = data;
+  return c->finished || c->n_pieces > 0;
+}
+
+static void
+wait_finished (Collect *c)
+{
+  wait_until (is_finished, c, 60);
+}
+
+/* Runs the main context for a while (events that must not come get their chance). */
+static void
+spin (guint ms)
+{
+  gint64 end = g_get_monotonic_time () + ms * 1000;
+  while (g_get_monotonic_time () < end)
+    {
+      g_main_context_iteration (NULL, FALSE);
+      g_usleep (1000);
+    }
+}
+
+static GmdConfig *
+test_config (void)
+{
+  GmdConfig *config = gmd_config_new_default ();
+  config->model_path = g_strdup (tiny_model_path);
+  config->threads = 2;
+  config->batch = 64;
+  config->bus = GMD_BUS_NONE;
+  return config;
+}
+
+static GmdService *
+new_service (GmdConfig *config)
+{
+  g_autoptr (GError) error = NULL;
+  GmdService *s = gmd_service_new (config, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (s);
+  gmd_service_wait_loaded (s);
+  return s;
+}
+
+static GPtrArray *
+text_parts (const char *text)
+{
+  GPtrArray *parts = g_ptr_array_new_with_free_func ((GDestroyNotify) gmd_part_free);
+  g_autoptr (GError) error = NULL;
+  GmdPart *p = gmd_part_new_text (text, strlen (text), "content[0]", &error);
+  g_assert_no_error (error);
+  g_ptr_array_add (parts, p);
+  return parts;
+}
+
+static GmdOptions *
+options (gint32 max_tokens, guint64 seed)
+{
+  GmdOptions *o = gmd_options_new ();
+  o->max_tokens = max_tokens;
+  o->set |= GMD_OPT_MAX_TOKENS;
+  if (seed)
+    {
+      o->sampling.seed = seed;
+      o->set |= GMD_OPT_SEED;
+    }
+  return o;
+}
+
+/* Submits text; the Collect owns the request reference. */
+static Collect *
+submit (GmdService *s, GmdClient *client, GmdSession *session, const char *text,
+        GmdOptions *o, GError **error)
+{
+  Collect *c = collect_new ();
+  c->request = gmd_service_submit (s, client, session, text_parts (text), o, &sink, c, error);
+  if (c->request == NULL)
+    {
+      collect_free (c);
+      return NULL;
+    }
+  g_assert_cmpuint (c->n_callbacks, ==, 0);  /* never from inside submit */
+  return c;
+}
+
+static Collect *
+submit_ok (GmdService *s, GmdClient *client, GmdSession *session, const char *text,
+           GmdOptions *o)
+{
+  g_autoptr (GError) error = NULL;
+  Collect *c = submit (s, client, session, text, o, &error);
+  g_assert_no_error (error);
+  return c;
+}
+
+static gboolean
+service_idle (gpointer data)
+{
+  const GmdServiceInfo *info = gmd_service_get_info (data);
+  return info->queue_length == 0 && info->active_requests == 0;
+}
+
+/* ---- tests ----------------------------------------------------------------------------- */
+
+static void
+test_load_info (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = gmd_service_new (config, NULL);
+  g_assert_cmpint (gmd_service_get_info (s)->load_state, ==, GMD_LOAD_LOADING);
+  gmd_service_wait_loaded (s);
+  const GmdServiceInfo *info = gmd_service_get_info (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_LOADED);
+  g_assert_cmpstr (info->load_error, ==, "");
+  g_assert_cmpstr (info->architecture, ==, "gemma4");
+  g_assert_cmpstr (info->model_path, ==, tiny_model_path);
+  g_assert_cmpstr (info->model_name, !=, "");
+  g_assert_cmpstr (info->quantization, !=, "");
+  g_assert_cmpuint (info->context_size, ==, MIN (info->n_ctx_train, 4096u));
+  g_assert_cmpuint (info->n_params, >, 0);
+  g_assert_cmpuint (info->file_bytes, >, 0);
+  g_assert_cmpuint (info->threads, ==, 2);
+  g_assert_true (g_strv_contains (info->modalities, "text"));
+  g_assert_cmpuint (g_strv_length ((char **) info->modalities), ==, 1);
+  gmd_service_free (s);
+}
+
+static void
+test_stream_and_determinism (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  g_autoptr (Collect) a = submit_ok (s, client, NULL, "Why is the sky blue?", options (24, 42));
+  g_assert_cmpstr (gmd_request_get_handle (a->request), !=, NULL);
+  g_assert_true (gmd_service_find_request (s, gmd_request_get_handle (a->request)) == a->request);
+  wait_finished (a);
+
+  g_assert_true (a->first_was_progress);
+  g_assert_cmpint (g_array_index (a->states, GmdRequestState, 0), ==, GMD_STATE_QUEUED);
+  g_assert_cmpuint (g_array_index (a->positions, guint32, 0), ==, 0);
+  gboolean saw_prefill = FALSE, saw_generating = FALSE;
+  for (guint i = 0; i < a->states->len; i++)
+    {
+      GmdRequestState st = g_array_index (a->states, GmdRequestState, i);
+      saw_prefill |= st == GMD_STATE_PREFILL;
+      if (st == GMD_STATE_GENERATING)
+        {
+          g_assert_true (saw_prefill);
+          saw_generating = TRUE;
+        }
+    }
+  g_assert_true (saw_generating);
+  g_assert_true (a->seq_ok);
+  g_assert_cmpint (a->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpuint (a->summary.generated_tokens, ==, 24);
+  g_assert_cmpuint (a->summary.pieces, ==, a->n_pieces);
+  g_assert_cmpuint (a->n_pieces, >, 0);
+  g_assert_cmpuint (a->summary.seed, ==, 42);
+  g_assert_cmpuint (a->summary.prompt_tokens, >, 5);
+  g_assert_cmpuint (a->summary.cached_tokens, ==, 0);
+  g_assert_cmpuint (a->summary.context_size, ==, gmd_service_get_info (s)->context_size);
+  g_assert_cmpuint (a->summary.context_used, ==, a->summary.prompt_tokens + 23);
+  g_assert_cmpfloat (a->summary.total_seconds, >=, a->summary.prefill_seconds);
+  g_assert_cmpfloat (a->summary.decode_seconds, >, 0.0);
+  g_assert_cmpuint (a->text->len, >, 0);
+  g_assert_null (gmd_service_find_request (s, gmd_request_get_handle (a->request)));
+  g_assert_cmpint (gmd_request_get_state (a->request), ==, GMD_STATE_FINISHED);
+
+  /* the same seed and prompt give the same text; the prompt comes from the cache */
+  g_autoptr (Collect) b = submit_ok (s, client, NULL, "Why is the sky blue?", options (24, 42));
+  wait_finished (b);
+  g_assert_cmpstr (b->text->str, ==, a->text->str);
+  g_assert_cmpuint (b->summary.cached_tokens, ==, a->summary.prompt_tokens - 1);
+
+  /* a random seed is reported, and reproduces the text */
+  g_autoptr (Collect) c = submit_ok (s, client, NULL, "Tell me a story.", options (12, 0));
+  wait_finished (c);
+  g_autoptr (Collect) d = submit_ok (s, client, NULL, "Tell me a story.",
+                                     options (12, c->summary.seed));
+  wait_finished (d);
+  g_assert_cmpstr (d->text->str, ==, c->text->str);
+
+  /* a stop string cuts the text before its first occurrence and is reported: take two
+   * ASCII letters from the second half of the text */
+  const char *t = a->text->str;
+  gsize at = a->text->len / 2;
+  while (at + 1 < a->text->len && !(g_ascii_isalpha (t[at]) && g_ascii_isalpha (t[at + 1])))
+    at++;
+  g_assert_cmpuint (at + 1, <, a->text->len);
+  g_autofree char *stop = g_strndup (t + at, 2);
+  gsize first = (gsize) (strstr (t, stop) - t);
+  GmdOptions *o = options (24, 42);
+  g_ptr_array_add (o->stop, g_strdup (stop));
+  o->set |= GMD_OPT_STOP;
+  g_autoptr (Collect) e = submit_ok (s, client, NULL, "Why is the sky blue?", o);
+  wait_finished (e);
+  g_assert_cmpint (e->summary.stop_reason, ==, GMD_STOP_STOP_STRING);
+  g_assert_cmpstr (e->summary.matched_stop, ==, stop);
+  g_assert_cmpuint (e->text->len, ==, first);
+  g_assert_true (strncmp (e->text->str, t, first) == 0);
+  gmd_service_free (s);
+}
+
+static void
+test_raw_and_thinking (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  GmdOptions *o = options (8, 1);
+  o->raw = TRUE;
+  o->set |= GMD_OPT_RAW;
+  g_autoptr (Collect) raw = submit_ok (s, client, NULL, "<|turn>user\nHi<turn|>\n", o);
+  wait_finished (raw);
+  g_assert_cmpint (raw->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  /* BOS + parsed special tokens: far fewer positions than characters */
+  g_assert_cmpuint (raw->summary.prompt_tokens, <, 12);
+
+  o = options (8, 1);
+  o->thinking = TRUE;
+  o->set |= GMD_OPT_THINKING;
+  g_autoptr (Collect) think = submit_ok (s, client, NULL, "Hi", o);
+  wait_finished (think);
+  g_assert_cmpint (think->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpuint (think->summary.thinking_tokens, <=, think->summary.generated_tokens);
+  gmd_service_free (s);
+}
+
+static void
+test_queue_limits (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  config->limits.max_queue = 2;
+  config->limits.max_queued_per_client = 2;
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) x = gmd_service_get_client (s, "x", 1000);
+  g_autoptr (GmdClient) y = gmd_service_get_client (s, "y", 1001);
+  g_autoptr (GmdClient) z = gmd_service_get_client (s, "z", 1002);
+  g_autoptr (GError) error = NULL;
+
+  g_autoptr (Collect) x1 = submit_ok (s, x, NULL, "one", options (-1, 1));
+  wait_until (is_generating, x1, 30);
+  g_autoptr (Collect) x2 = submit_ok (s, x, NULL, "two", options (4, 1));
+  /* x has one running and one waiting: its quota is full */
+  Collect *x3 = submit (s, x, NULL, "three", options (4, 1), &error);
+  g_assert_null (x3);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_BUSY);
+  g_assert_nonnull (strstr (error->message, "max_queued_per_client"));
+  g_clear_error (&error);
+
+  g_autoptr (Collect) y1 = submit_ok (s, y, NULL, "four", options (4, 1));
+  /* two waiting: the queue is full for everybody */
+  Collect *z1 = submit (s, z, NULL, "five", options (4, 1), &error);
+  g_assert_null (z1);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_BUSY);
+  g_assert_nonnull (strstr (error->message, "max_queue"));
+  g_clear_error (&error);
+
+  g_assert_true (gmd_request_cancel (x1->request, GMD_CANCEL_CLIENT));
+  wait_finished (x1);
+  wait_finished (x2);
+  wait_finished (y1);
+  g_assert_cmpint (x1->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (x1->summary.cancel_reason, ==, GMD_CANCEL_CLIENT);
+  g_assert_cmpint (x2->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_false (gmd_request_cancel (x1->request, GMD_CANCEL_CLIENT));
+  gmd_service_free (s);
+}
+
+static void
+test_round_robin (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) a = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GmdClient) b = gmd_service_get_client (s, "b", 1001);
+
+  finish_counter = 0;
+  g_autoptr (Collect) a1 = submit_ok (s, a, NULL, "first", options (-1, 1));
+  wait_until (is_generating, a1, 30);
+  g_autoptr (Collect) a2 = submit_ok (s, a, NULL, "second", options (4, 1));
+  g_autoptr (Collect) a3 = submit_ok (s, a, NULL, "third", options (4, 1));
+  g_autoptr (Collect) b1 = submit_ok (s, b, NULL, "fourth", options (4, 1));
+  wait_until (is_accepted, b1, 30);
+  g_assert_false (a1->finished);
+  gmd_request_cancel (a1->request, GMD_CANCEL_CLIENT);
+  wait_finished (a3);
+  wait_finished (b1);
+  /* a was just served when b came: b's single request does not wait for a's two */
+  g_assert_cmpint (a1->finish_order, ==, 1);
+  g_assert_cmpint (b1->finish_order, ==, 2);
+  g_assert_cmpint (a2->finish_order, ==, 3);
+  g_assert_cmpint (a3->finish_order, ==, 4);
+  /* positions: a3 was behind a2, then moved up when b1 went before it... */
+  g_assert_cmpuint (g_array_index (a2->positions, guint32, 0), ==, 0);
+  g_assert_cmpuint (g_array_index (a3->positions, guint32, 0), ==, 1);
+  /* ...and b1 was put first, pushing a2 and a3 back */
+  g_assert_cmpuint (g_array_index (b1->positions, guint32, 0), ==, 0);
+  g_assert_cmpuint (a2->positions->len, >=, 2);
+  g_assert_cmpuint (g_array_index (a2->positions, guint32, 1), ==, 1);
+  g_assert_cmpuint (g_array_index (a3->positions, guint32, a3->positions->len - 1), ==, 0);
+  gmd_service_free (s);
+}
+
+static void
+test_cancel (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "run long", options (-1, 1));
+  g_autoptr (Collect) queued = submit_ok (s, client, NULL, "wait", options (4, 1));
+  wait_until (is_generating, running, 30);
+  wait_until (is_accepted, queued, 30);
+  g_assert_cmpint (gmd_request_get_state (queued->request), ==, GMD_STATE_QUEUED);
+
+  g_autoptr (GPtrArray) list = gmd_service_list_requests (s, 1000);
+  g_assert_cmpuint (list->len, ==, 2);
+  g_assert_true (list->pdata[0] == running->request);
+  g_autoptr (GPtrArray) none = gmd_service_list_requests (s, 1001);
+  g_assert_cmpuint (none->len, ==, 0);
+
+  /* a queued request ends at once, without reaching the engine */
+  g_assert_true (gmd_request_cancel (queued->request, GMD_CANCEL_CLIENT));
+  g_assert_false (gmd_request_cancel (queued->request, GMD_CANCEL_CLIENT));
+  wait_finished (queued);
+  g_assert_cmpint (queued->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (queued->summary.cancel_reason, ==, GMD_CANCEL_CLIENT);
+  g_assert_cmpuint (queued->n_pieces, ==, 0);
+  g_assert_cmpuint (queued->summary.generated_tokens, ==, 0);
+  g_assert_false (running->finished);
+
+  /* the running one stops at the next token */
+  g_assert_true (gmd_request_cancel (running->request, GMD_CANCEL_ADMIN));
+  wait_finished (running);
+  g_assert_cmpint (running->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (running->summary.cancel_reason, ==, GMD_CANCEL_ADMIN);
+  g_assert_cmpuint (running->summary.generated_tokens, >, 0);
+  g_assert_cmpuint (running->summary.generated_tokens, <, 4000);
+  g_assert_cmpuint (running->summary.pieces, ==, running->n_pieces);
+  g_assert_true (service_idle (s));
+  gmd_service_free (s);
+}
+
+static void
+test_abandon (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "run long", options (-1, 1));
+  g_autoptr (Collect) queued = submit_ok (s, client, NULL, "wait", options (4, 1));
+  wait_until (is_generating, running, 30);
+  running->abandoned = TRUE;
+  gmd_request_abandon (running->request);
+  queued->abandoned = TRUE;
+  gmd_request_abandon (queued->request);
+  wait_until (service_idle, s, 30);
+  spin (100);
+  g_assert_cmpuint (running->callbacks_after_abandon, ==, 0);
+  g_assert_cmpuint (queued->callbacks_after_abandon, ==, 0);
+  g_assert_true (gmd_request_is_finished (running->request));
+  g_assert_true (gmd_request_is_finished (queued->request));
+
+  /* and the service goes on */
+  g_autoptr (Collect) next = submit_ok (s, client, NULL, "next", options (4, 1));
+  wait_finished (next);
+  g_assert_cmpint (next->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  gmd_service_free (s);
+}
+
+static void
+test_free_with_running_request (void)
+{
+  /* the front end still holds the request after the service is gone */
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  GmdClient *client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "run long", options (-1, 1));
+  g_autoptr (Collect) queued = submit_ok (s, client, NULL, "wait", options (4, 1));
+  wait_until (is_generating, running, 30);
+  gmd_service_free (s);
+  g_assert_true (gmd_request_is_finished (running->request));
+  g_assert_false (gmd_request_cancel (running->request, GMD_CANCEL_CLIENT));
+  gmd_request_abandon (queued->request);
+  gmd_client_unref (client);
+}
+
+typedef struct {
+  int closed;
+  GmdCloseReason reason;
+} ClosedInfo;
+
+static void
+on_session_closed (GmdSession *session, GmdCloseReason reason, gpointer user_data)
+{
+  ClosedInfo *ci = user_data;
+  ci->closed++;
+  ci->reason = reason;
+}
+
+static gboolean
+is_closed (gpointer data)
+{
+  return ((ClosedInfo *) data)->closed > 0;
+}
+
+static GmdSession *
+open_session (GmdService *s, GmdClient *client, const char *system, guint32 context_size,
+              ClosedInfo *ci, GError **error)
+{
+  GmdOptions *o = gmd_options_new ();
+  if (system)
+    {
+      o->system = g_strdup (system);
+      o->set |= GMD_OPT_SYSTEM;
+    }
+  if (context_size)
+    {
+      o->context_size = context_size;
+      o->set |= GMD_OPT_CONTEXT_SIZE;
+    }
+  return gmd_service_open_session (s, client, o, on_session_closed, ci, error);
+}
+
+static void
+test_session (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GError) error = NULL;
+  ClosedInfo ci = { 0 };
+
+  g_autoptr (GmdSession) session = open_session (s, client, "You are terse.", 0, &ci, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (gmd_session_get_context_size (session), ==,
+                    gmd_service_get_info (s)->context_size);
+  guint32 used0 = gmd_session_get_context_used (session);
+  g_assert_cmpuint (used0, >, 3);
+  g_assert_cmpuint (gmd_session_get_message_count (session), ==, 0);
+  g_assert_cmpuint (gmd_service_get_info (s)->open_sessions, ==, 1);
+
+  g_autoptr (Collect) t1 = submit_ok (s, client, session, "Capital of France?", options (8, 3));
+  /* one turn at a time */
+  Collect *busy = submit (s, client, session, "again", options (8, 3), &error);
+  g_assert_null (busy);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_BUSY);
+  g_clear_error (&error);
+  g_assert_true (gmd_session_has_running_turn (session));
+  wait_finished (t1);
+  g_assert_false (gmd_session_has_running_turn (session));
+  g_assert_cmpint (t1->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpuint (t1->summary.prompt_tokens, >, used0);
+  g_assert_cmpuint (gmd_session_get_message_count (session), ==, 2);
+  g_assert_cmpuint (gmd_session_get_context_used (session), ==, t1->summary.context_used);
+  g_assert_cmpuint (t1->summary.context_size, ==, gmd_session_get_context_size (session));
+
+  /* a one-shot request in between does not disturb the session's cache */
+  g_autoptr (Collect) other = submit_ok (s, client, NULL, "Something else", options (4, 3));
+  wait_finished (other);
+
+  g_autoptr (Collect) t2 = submit_ok (s, client, session, "And of Italy?", options (8, 3));
+  wait_finished (t2);
+  g_assert_cmpint (t2->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  /* turn 2 evaluates only itself: turn 1's whole prompt comes from the cache */
+  g_assert_cmpuint (t2->summary.cached_tokens, >=, t1->summary.prompt_tokens);
+  g_assert_cmpuint (t2->summary.prompt_tokens, >, t1->summary.context_used);
+  g_assert_cmpuint (gmd_session_get_message_count (session), ==, 4);
+
+  g_autoptr (GPtrArray) history = gmd_session_get_history (session);
+  g_assert_cmpuint (history->len, ==, 4);
+  const GmdMessage *m0 = history->pdata[0], *m1 = history->pdata[1], *m2 = history->pdata[2];
+  g_assert_cmpint (m0->role, ==, GMD_ROLE_USER);
+  g_assert_cmpstr (m0->text, ==, "Capital of France?");
+  g_assert_cmpint (m1->role, ==, GMD_ROLE_MODEL);
+  g_assert_cmpstr (m1->text, ==, t1->text->str);
+  g_assert_cmpstr (m2->text, ==, "And of Italy?");
+
+  /* truncate, and regenerate turn 2 with the same seed: the same answer */
+  g_assert_false (gmd_session_truncate (session, 5, &error));
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  g_assert_true (gmd_session_truncate (session, 2, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (gmd_session_get_message_count (session), ==, 2);
+  g_assert_cmpuint (gmd_session_get_context_used (session), ==, t1->summary.context_used);
+  g_autoptr (Collect) t2b = submit_ok (s, client, session, "And of Italy?", options (8, 3));
+  wait_finished (t2b);
+  g_assert_cmpstr (t2b->text->str, ==, t2->text->str);
+  g_assert_cmpuint (t2b->summary.cached_tokens, >=, t1->summary.prompt_tokens);
+
+  /* a cancelled turn keeps what was sent; one cancelled before any text is removed */
+  g_autoptr (Collect) t3 = submit_ok (s, client, session, "Tell a long story", options (-1, 3));
+  wait_until (is_generating, t3, 30);
+  gmd_request_cancel (t3->request, GMD_CANCEL_CLIENT);
+  wait_finished (t3);
+  g_assert_cmpuint (gmd_session_get_message_count (session), ==, 6);
+  g_autoptr (GPtrArray) h3 = gmd_session_get_history (session);
+  g_assert_cmpstr (((GmdMessage *) h3->pdata[5])->text, ==, t3->text->str);
+  g_autoptr (Collect) t4 = submit_ok (s, client, session, "Never mind", options (-1, 3));
+  gmd_request_cancel (t4->request, GMD_CANCEL_CLIENT);
+  wait_finished (t4);
+  /* cancelled before it was accepted: it ends as a rejection */
+  g_assert_false (t4->first_was_progress);
+  g_assert_cmpint (t4->summary.stop_reason, ==, GMD_STOP_ERROR);
+  g_assert_cmpint (t4->summary.error_code, ==, GMD_ERROR_CANCELLED);
+  g_assert_cmpuint (gmd_session_get_message_count (session), ==, 6);
+
+  gmd_session_close (session);
+  g_assert_true (gmd_session_is_closed (session));
+  g_assert_cmpuint (gmd_service_get_info (s)->open_sessions, ==, 0);
+  Collect *closed = submit (s, client, session, "hello?", options (4, 3), &error);
+  g_assert_null (closed);
+  g_clear_error (&error);
+  spin (50);
+  g_assert_cmpint (ci.closed, ==, 0);  /* closed by the client: no callback */
+  gmd_service_free (s);
+}
+
+static void
+test_session_limits (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  config->limits.max_sessions_per_client = 2;
+  config->cache_slots = 1;
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GError) error = NULL;
+  ClosedInfo ci = { 0 };
+
+  g_autoptr (GmdSession) small = open_session (s, client, NULL, 64, &ci, &error);
+  g_assert_no_error (error);
+  g_assert_cmpuint (gmd_session_get_context_size (small), ==, 64);
+  g_autoptr (GmdSession) other = open_session (s, client, "Be nice.", 0, &ci, &error);
+  g_assert_no_error (error);
+  GmdSession *third = open_session (s, client, NULL, 0, &ci, &error);
+  g_assert_null (third);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_LIMIT_EXCEEDED);
+  g_clear_error (&error);
+
+  /* a context size above the service's is refused */
+  gmd_session_close (other);
+  GmdSession *huge = open_session (s, client, NULL, 1000000, &ci, &error);
+  g_assert_null (huge);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  g_autoptr (GmdSession) second = open_session (s, client, "Be nice.", 0, &ci, &error);
+  g_assert_no_error (error);
+
+  /* a turn that does not fit the 64-position window leaves the session unchanged */
+  g_autoptr (Collect) t0 = submit_ok (s, client, small, "Hi", options (4, 5));
+  wait_finished (t0);
+  guint32 used = gmd_session_get_context_used (small);
+  GString *big = g_string_new (NULL);
+  for (int i = 0; i < 40; i++)
+    g_string_append (big, "many words here ");
+  g_autoptr (Collect) t1 = submit_ok (s, client, small, big->str, options (4, 5));
+  g_string_free (big, TRUE);
+  wait_finished (t1);
+  g_assert_false (t1->first_was_progress);
+  g_assert_cmpuint (t1->n_callbacks, ==, 1);
+  g_assert_cmpint (t1->summary.stop_reason, ==, GMD_STOP_ERROR);
+  g_assert_cmpint (t1->summary.error_code, ==, GMD_ERROR_CONTEXT_EXCEEDED);
+  g_assert_cmpuint (gmd_session_get_message_count (small), ==, 2);
+  g_assert_cmpuint (gmd_session_get_context_used (small), ==, used);
+  g_assert_false (gmd_session_has_running_turn (small));
+
+  /* with one cache slot, the other session's turn evicts small's cache: small's next
+   * turn rebuilds it (same answer as without eviction, nothing cached) */
+  g_autoptr (Collect) s1 = submit_ok (s, client, second, "Hello", options (4, 5));
+  wait_finished (s1);
+  g_autoptr (Collect) t2 = submit_ok (s, client, small, "Ok", options (4, 5));
+  wait_finished (t2);
+  g_assert_cmpint (t2->summary.stop_reason, !=, GMD_STOP_ERROR);
+  g_assert_cmpuint (t2->summary.cached_tokens, ==, 0);
+  gmd_service_free (s);
+}
+
+static void
+test_prompt_limit (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  config->limits.max_prompt_tokens = 16;
+  config->limits.max_text_bytes = 400;
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GError) error = NULL;
+
+  g_autoptr (Collect) c = submit_ok (s, client, NULL,
+                                     "one two three four five six seven eight nine ten eleven",
+                                     options (4, 1));
+  wait_finished (c);
+  g_assert_false (c->first_was_progress);
+  g_assert_cmpint (c->summary.error_code, ==, GMD_ERROR_LIMIT_EXCEEDED);
+  g_assert_nonnull (strstr (c->summary.error_message, "max_prompt_tokens"));
+
+  /* max_tokens beyond the window */
+  Collect *too_many = submit (s, client, NULL, "hi", options (5000, 1), &error);
+  g_assert_null (too_many);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT);
+  g_assert_true (g_str_has_prefix (error->message, "options.max_tokens: "));
+  g_clear_error (&error);
+
+  char text[501];
+  memset (text, 'a', 500);
+  text[500] = '\0';
+  Collect *big = submit (s, client, NULL, text, options (4, 1), &error);
+  g_assert_null (big);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_LIMIT_EXCEEDED);
+  g_assert_nonnull (strstr (error->message, "max_text_bytes"));
+  gmd_service_free (s);
+}
+
+static GPtrArray *
+media_parts (GmdPartType type, const void *data, gsize len)
+{
+  GPtrArray *parts = text_parts ("Look:");
+  g_autoptr (GBytes) bytes = g_bytes_new (data, len);
+  g_ptr_array_add (parts, gmd_part_new_media (type, bytes));
+  return parts;
+}
+
+static void
+expect_media_error (GmdService *s, GmdClient *client, GmdPartType type, const void *data,
+                    gsize len, const char *expect)
+{
+  g_autoptr (GError) error = NULL;
+  Collect *c = collect_new ();
+  GmdRequest *r = gmd_service_submit (s, client, NULL, media_parts (type, data, len),
+                                      options (4, 1), &sink, c, &error);
+  g_assert_null (r);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_UNSUPPORTED_MEDIA);
+  g_assert_true (g_str_has_prefix (error->message, "content[1]: "));
+  if (strstr (error->message, expect) == NULL)
+    g_error ("'%s' does not contain '%s'", error->message, expect);
+  collect_free (c);
+}
+
+static void
+test_unsupported_media (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  expect_media_error (s, client, GMD_PART_IMAGE, "not an image", 12, "starts with 6e 6f 74 20");
+  static const guint8 png[] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13 };
+  expect_media_error (s, client, GMD_PART_IMAGE, png, sizeof png, "image input is not available");
+  expect_media_error (s, client, GMD_PART_AUDIO, png, sizeof png, "not audio");
+  static const char wav[] = "RIFF\x24\0\0\0WAVEfmt ";
+  expect_media_error (s, client, GMD_PART_AUDIO, wav, sizeof wav - 1, "audio input is not available");
+  expect_media_error (s, client, GMD_PART_VIDEO, png, sizeof png, "video");
+  g_assert_true (service_idle (s));
+  gmd_service_free (s);
+}
+
+typedef struct {
+  int done;
+  int finished_before_done;
+  Collect *watch[2];
+} ShutdownInfo;
+
+static void
+on_shutdown_done (GmdService *s, gpointer user_data)
+{
+  ShutdownInfo *si = user_data;
+  si->done++;
+  for (int i = 0; i < 2; i++)
+    si->finished_before_done += si->watch[i]->finished;
+}
+
+static gboolean
+shutdown_done (gpointer data)
+{
+  return ((ShutdownInfo *) data)->done > 0;
+}
+
+static void
+test_shutdown (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GmdClient) other = gmd_service_get_client (s, "b", 1001);
+  g_autoptr (GError) error = NULL;
+  ClosedInfo ci = { 0 };
+
+  g_autoptr (GmdSession) session = open_session (s, client, NULL, 0, &ci, &error);
+  g_assert_no_error (error);
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "run long", options (-1, 1));
+  g_autoptr (Collect) queued = submit_ok (s, other, NULL, "wait", options (4, 1));
+  wait_until (is_generating, running, 30);
+
+  ShutdownInfo si = { .watch = { running, queued } };
+  gmd_service_shutdown (s, 0, on_shutdown_done, &si);
+  g_assert_true (gmd_service_is_stopping (s));
+  Collect *late = submit (s, client, NULL, "late", options (4, 1), &error);
+  g_assert_null (late);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_BUSY);
+  g_assert_cmpstr (error->message, ==, "service is stopping");
+  g_clear_error (&error);
+
+  wait_until (shutdown_done, &si, 30);
+  g_assert_cmpint (si.finished_before_done, ==, 2);
+  g_assert_cmpint (queued->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (queued->summary.cancel_reason, ==, GMD_CANCEL_SHUTDOWN);
+  /* no grace: the running request is cancelled at once */
+  g_assert_cmpint (running->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (running->summary.cancel_reason, ==, GMD_CANCEL_SHUTDOWN);
+  g_assert_cmpint (ci.closed, ==, 1);
+  g_assert_cmpint (ci.reason, ==, GMD_CLOSE_SHUTDOWN);
+  g_assert_true (gmd_session_is_closed (session));
+  gmd_service_free (s);
+}
+
+static void
+test_shutdown_grace (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "short", options (30, 1));
+  g_autoptr (Collect) queued = submit_ok (s, client, NULL, "wait", options (4, 1));
+  wait_until (is_generating, running, 30);
+  wait_until (is_accepted, queued, 30);
+
+  /* a running request that ends within the grace period is not cut */
+  ShutdownInfo si = { .watch = { running, queued } };
+  gmd_service_shutdown (s, 60, on_shutdown_done, &si);
+  wait_until (shutdown_done, &si, 30);
+  g_assert_cmpint (si.finished_before_done, ==, 2);
+  g_assert_cmpint (running->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpuint (running->summary.generated_tokens, ==, 30);
+  g_assert_cmpint (queued->summary.cancel_reason, ==, GMD_CANCEL_SHUTDOWN);
+  gmd_service_free (s);
+}
+
+typedef struct {
+  int calls;
+  gboolean ok;
+} LoadDone;
+
+static void
+on_load_done (GmdService *s, const GError *error, gpointer user_data)
+{
+  LoadDone *ld = user_data;
+  ld->calls++;
+  ld->ok = error == NULL;
+}
+
+static gboolean
+load_done (gpointer data)
+{
+  return ((LoadDone *) data)->calls > 0;
+}
+
+static void
+test_load_failure (void)
+{
+  g_autofree char *path = NULL;
+  g_autoptr (GError) error = NULL;
+  int fd = g_file_open_tmp ("gmd-garbage-XXXXXX.gguf", &path, &error);
+  g_assert_no_error (error);
+  g_assert_true (write (fd, "this is not a gguf file at all", 30) == 30);
+  close (fd);
+
+  g_autoptr (GmdConfig) config = test_config ();
+  g_free (config->model_path);
+  config->model_path = g_strdup (path);
+  GmdService *s = gmd_service_new (config, &error);
+  g_assert_no_error (error);
+  gmd_service_wait_loaded (s);
+  const GmdServiceInfo *info = gmd_service_get_info (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_FAILED);
+  g_assert_cmpstr (info->load_error, !=, "");
+  g_assert_nonnull (strstr (info->load_error, path));
+
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  Collect *c = submit (s, client, NULL, "hello", options (4, 1), &error);
+  g_assert_null (c);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_MODEL_NOT_LOADED);
+  g_clear_error (&error);
+  ClosedInfo ci = { 0 };
+  GmdSession *session = open_session (s, client, NULL, 0, &ci, &error);
+  g_assert_null (session);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_MODEL_NOT_LOADED);
+  g_clear_error (&error);
+
+  /* an admin loads a good model */
+  g_assert_false (gmd_service_load_model (s, "relative.gguf", NULL, 0, 0, TRUE, NULL, NULL,
+                                          &error));
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  g_assert_true (gmd_service_load_model (s, tiny_model_path, NULL, 0, 0, TRUE, NULL, NULL,
+                                         &error));
+  g_assert_no_error (error);
+  gmd_service_wait_loaded (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_LOADED);
+  g_autoptr (Collect) ok = submit_ok (s, client, NULL, "hello", options (4, 1));
+  wait_finished (ok);
+  g_assert_cmpint (ok->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+
+  /* an unreadable mmproj fails the load; the model in place keeps serving */
+  LoadDone ld = { 0 };
+  g_assert_true (gmd_service_load_model (s, tiny_model_path, path, 0, 0, TRUE, on_load_done,
+                                         &ld, &error));
+  g_assert_no_error (error);
+  wait_until (load_done, &ld, 30);
+  g_assert_false (ld.ok);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_LOADED);
+  g_autoptr (Collect) still = submit_ok (s, client, NULL, "hello", options (4, 1));
+  wait_finished (still);
+  g_assert_cmpint (still->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  gmd_service_free (s);
+  g_unlink (path);
+}
+
+static void
+test_submit_while_loading (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = gmd_service_new (config, NULL);
+  g_assert_cmpint (gmd_service_get_info (s)->load_state, ==, GMD_LOAD_LOADING);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (Collect) c = submit_ok (s, client, NULL, "early bird", options (4, 1));
+  wait_finished (c);
+  g_assert_true (c->first_was_progress);
+  g_assert_cmpint (c->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpint (g_array_index (c->states, GmdRequestState, 0), ==, GMD_STATE_QUEUED);
+  gboolean saw_loading = FALSE;
+  for (guint i = 0; i < c->states->len; i++)
+    saw_loading |= g_array_index (c->states, GmdRequestState, i) == GMD_STATE_LOADING;
+  g_assert_true (saw_loading);
+  g_assert_cmpfloat (c->summary.load_seconds, >, 0.0);
+  gmd_service_free (s);
+}
+
+static void
+test_model_switch (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GError) error = NULL;
+  ClosedInfo ci = { 0 };
+  g_autoptr (GmdSession) session = open_session (s, client, NULL, 0, &ci, &error);
+  g_assert_no_error (error);
+
+  /* not draining: the running request is cancelled (admin), the session closed */
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "run long", options (-1, 1));
+  wait_until (is_generating, running, 30);
+  LoadDone ld = { 0 };
+  g_assert_true (gmd_service_load_model (s, tiny_model_path, NULL, 256, 1, FALSE, on_load_done,
+                                         &ld, &error));
+  g_assert_no_error (error);
+  g_assert_false (gmd_service_load_model (s, tiny_model_path, NULL, 0, 0, TRUE, NULL, NULL,
+                                          &error));
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_BUSY);
+  g_clear_error (&error);
+  wait_until (load_done, &ld, 30);
+  g_assert_true (ld.ok);
+  wait_finished (running);
+  g_assert_cmpint (running->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (running->summary.cancel_reason, ==, GMD_CANCEL_ADMIN);
+  wait_until (is_closed, &ci, 10);
+  g_assert_cmpint (ci.reason, ==, GMD_CLOSE_MODEL_CHANGED);
+  const GmdServiceInfo *info = gmd_service_get_info (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_LOADED);
+  g_assert_cmpuint (info->context_size, ==, 256);
+  g_assert_cmpuint (info->threads, ==, 1);
+
+  g_autoptr (Collect) after = submit_ok (s, client, NULL, "hello", options (4, 1));
+  wait_finished (after);
+  g_assert_cmpint (after->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpuint (after->summary.context_size, ==, 256);
+
+  /* unload: everything cancelled, new requests refused */
+  g_autoptr (Collect) again = submit_ok (s, client, NULL, "run long", options (-1, 1));
+  wait_until (is_generating, again, 30);
+  gmd_service_unload_model (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_UNLOADED);
+  wait_finished (again);
+  g_assert_cmpint (again->summary.cancel_reason, ==, GMD_CANCEL_ADMIN);
+  Collect *refused = submit (s, client, NULL, "hello", options (4, 1), &error);
+  g_assert_null (refused);
+  g_assert_error (error, GMD_ERROR, GMD_ERROR_MODEL_NOT_LOADED);
+  gmd_service_free (s);
+}
+
+static void
+test_session_idle (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  config->limits.session_idle_timeout = 1;
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GError) error = NULL;
+  ClosedInfo ci = { 0 };
+  g_autoptr (GmdSession) session = open_session (s, client, NULL, 0, &ci, &error);
+  g_assert_no_error (error);
+  wait_until (is_closed, &ci, 10);
+  g_assert_cmpint (ci.reason, ==, GMD_CLOSE_IDLE);
+  g_assert_cmpint (ci.closed, ==, 1);
+  g_assert_true (gmd_session_is_closed (session));
+  g_assert_cmpuint (gmd_service_get_info (s)->open_sessions, ==, 0);
+  gmd_service_free (s);
+}
+
+static gboolean
+is_loaded (gpointer data)
+{
+  return gmd_service_get_info (data)->load_state == GMD_LOAD_LOADED;
+}
+
+static void
+on_changed (GmdService *s, gpointer user_data)
+{
+  (*(int *) user_data)++;
+}
+
+static void
+test_reload_config (void)
+{
+  g_autoptr (GError) error = NULL;
+  g_autofree char *path = NULL;
+  int fd = g_file_open_tmp ("gmd-test-XXXXXX.conf", &path, &error);
+  g_assert_no_error (error);
+  close (fd);
+  g_autofree char *first = g_strdup_printf ("[model]\npath=%s\nthreads=2\n"
+                                            "[limits]\nmax_queue=5\n", tiny_model_path);
+  g_assert_true (g_file_set_contents (path, first, -1, &error));
+  g_autoptr (GmdConfig) config = gmd_config_load (path, &error);
+  g_assert_no_error (error);
+  GmdService *s = new_service (config);
+  int changes = 0;
+  guint handler = gmd_service_add_changed_handler (s, on_changed, &changes);
+  g_assert_cmpuint (gmd_service_get_config (s)->limits.max_queue, ==, 5);
+
+  /* limits only: in effect at once, the model stays */
+  g_autofree char *second = g_strdup_printf ("[model]\npath=%s\nthreads=2\n"
+                                             "[limits]\nmax_queue=7\n", tiny_model_path);
+  g_assert_true (g_file_set_contents (path, second, -1, &error));
+  g_assert_true (gmd_service_reload_config (s, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (gmd_service_get_config (s)->limits.max_queue, ==, 7);
+  g_assert_cmpint (gmd_service_get_info (s)->load_state, ==, GMD_LOAD_LOADED);
+
+  /* a new context size reloads the model */
+  g_autofree char *third = g_strdup_printf ("[model]\npath=%s\nthreads=2\ncontext_size=128\n",
+                                            tiny_model_path);
+  g_assert_true (g_file_set_contents (path, third, -1, &error));
+  g_assert_true (gmd_service_reload_config (s, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (gmd_service_get_info (s)->load_state, ==, GMD_LOAD_LOADING);
+  wait_until (is_loaded, s, 30);
+  g_assert_cmpint (gmd_service_get_info (s)->load_state, ==, GMD_LOAD_LOADED);
+  g_assert_cmpuint (gmd_service_get_info (s)->context_size, ==, 128);
+  spin (20);
+  g_assert_cmpint (changes, >, 0);
+
+  /* an invalid file keeps the configuration in effect */
+  g_assert_true (g_file_set_contents (path, "[limits]\nmax_queue=banana\n", -1, &error));
+  g_assert_false (gmd_service_reload_config (s, &error));
+  g_assert_nonnull (error);
+  g_clear_error (&error);
+  g_assert_cmpuint (gmd_service_get_info (s)->context_size, ==, 128);
+
+  gmd_service_remove_changed_handler (s, handler);
+  gmd_service_free (s);
+  g_unlink (path);
+}
+
+static void
+test_model_switch_drain (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GError) error = NULL;
+
+  g_autoptr (Collect) running = submit_ok (s, client, NULL, "first", options (60, 1));
+  g_autoptr (Collect) queued = submit_ok (s, client, NULL, "second", options (8, 1));
+  wait_until (is_generating, running, 30);
+  wait_until (is_accepted, queued, 30);
+  LoadDone ld = { 0 };
+  g_assert_true (gmd_service_load_model (s, tiny_model_path, NULL, 512, 0, TRUE, on_load_done,
+                                         &ld, &error));
+  g_assert_no_error (error);
+  /* what was queued before the switch still runs on the old model */
+  wait_until (load_done, &ld, 30);
+  g_assert_true (ld.ok);
+  g_assert_true (running->finished);
+  g_assert_true (queued->finished);
+  g_assert_cmpint (running->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpint (queued->summary.stop_reason, ==, GMD_STOP_MAX_TOKENS);
+  g_assert_cmpuint (queued->summary.context_size, ==, 4096);
+  g_assert_cmpuint (gmd_service_get_info (s)->context_size, ==, 512);
+  g_autoptr (Collect) after = submit_ok (s, client, NULL, "third", options (4, 1));
+  wait_finished (after);
+  g_assert_cmpuint (after->summary.context_size, ==, 512);
+  gmd_service_free (s);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  const char *tools = g_getenv ("GEMMAD_BUILD_TOOLS");
+  g_autofree char *rel = g_build_filename (tools ? tools : ".", "gemma4-tiny.gguf", NULL);
+  tiny_model_path = g_canonicalize_filename (rel, NULL);  /* load_model wants it absolute */
+  g_test_add_func ("/service/load-info", test_load_info);
+  g_test_add_func ("/service/stream-determinism", test_stream_and_determinism);
+  g_test_add_func ("/service/raw-thinking", test_raw_and_thinking);
+  g_test_add_func ("/service/queue-limits", test_queue_limits);
+  g_test_add_func ("/service/round-robin", test_round_robin);
+  g_test_add_func ("/service/cancel", test_cancel);
+  g_test_add_func ("/service/abandon", test_abandon);
+  g_test_add_func ("/service/free-with-running", test_free_with_running_request);
+  g_test_add_func ("/service/session", test_session);
+  g_test_add_func ("/service/session-limits", test_session_limits);
+  g_test_add_func ("/service/prompt-limit", test_prompt_limit);
+  g_test_add_func ("/service/unsupported-media", test_unsupported_media);
+  g_test_add_func ("/service/shutdown", test_shutdown);
+  g_test_add_func ("/service/shutdown-grace", test_shutdown_grace);
+  g_test_add_func ("/service/load-failure", test_load_failure);
+  g_test_add_func ("/service/submit-while-loading", test_submit_while_loading);
+  g_test_add_func ("/service/model-switch", test_model_switch);
+  g_test_add_func ("/service/model-switch-drain", test_model_switch_drain);
+  g_test_add_func ("/service/session-idle", test_session_idle);
+  g_test_add_func ("/service/reload-config", test_reload_config);
+  int rc = g_test_run ();
+  g_free (tiny_model_path);
+  return rc;
+}
