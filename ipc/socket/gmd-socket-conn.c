@@ -37,8 +37,8 @@ struct _GmdSocketConn {
 
   GSource *source;                /* the fd: input, hang-up, output when pending */
   gpointer fd_tag;
-  guint hello_timeout_id;
-  guint close_idle_id;            /* a deferred close (see conn_fail) */
+  GSource *hello_timeout;
+  GSource *close_idle;            /* a deferred close (see conn_fail) */
 
   GmdLineReader *reader;
   guint8 *read_buf;
@@ -83,16 +83,26 @@ static void conn_send (GmdSocketConn *conn, char *line);
 static void conn_update_watch (GmdSocketConn *conn);
 static void conn_maybe_finish (GmdSocketConn *conn);
 
-static guint
+/* Sources go to the thread-default context (the service's); they are kept as pointers
+ * because g_source_remove() only looks in the global default context. */
+static GSource *
 attach_source (GSource *source, GSourceFunc func, gpointer data)
 {
   g_autoptr (GMainContext) context = g_main_context_ref_thread_default ();
-  guint id;
 
   g_source_set_callback (source, func, data, NULL);
-  id = g_source_attach (source, context);
-  g_source_unref (source);
-  return id;
+  g_source_attach (source, context);
+  return source;
+}
+
+static void
+clear_source (GSource **source)
+{
+  if (*source == NULL)
+    return;
+  g_source_destroy (*source);
+  g_source_unref (*source);
+  *source = NULL;
 }
 
 /* ---- lifetime ------------------------------------------------------------------------ */
@@ -189,13 +199,9 @@ gmd_socket_conn_close (GmdSocketConn *conn)
   conn->closed = TRUE;
   g_debug ("socket: closing connection of uid %u (pid %d)", (guint) conn->peer.uid, (int) conn->peer.pid);
 
-  g_clear_handle_id (&conn->hello_timeout_id, g_source_remove);
-  g_clear_handle_id (&conn->close_idle_id, g_source_remove);
-  if (conn->source != NULL)
-    {
-      g_source_destroy (conn->source);
-      g_clear_pointer (&conn->source, g_source_unref);
-    }
+  clear_source (&conn->hello_timeout);
+  clear_source (&conn->close_idle);
+  clear_source (&conn->source);
   /* Abandon (no more callbacks) before anything they point to goes away. */
   g_hash_table_remove_all (conn->pending);
   g_hash_table_remove_all (conn->sessions);
@@ -227,7 +233,7 @@ close_idle_cb (gpointer data)
 {
   GmdSocketConn *conn = data;
 
-  conn->close_idle_id = 0;
+  clear_source (&conn->close_idle);
   conn_close_and_notify (conn);
   return G_SOURCE_REMOVE;
 }
@@ -241,7 +247,7 @@ conn_fail (GmdSocketConn *conn, const char *why)
     return;
   g_debug ("socket: uid %u (pid %d): %s", (guint) conn->peer.uid, (int) conn->peer.pid, why);
   conn->failing = TRUE;
-  conn->close_idle_id = attach_source (g_idle_source_new (), close_idle_cb, conn);
+  conn->close_idle = attach_source (g_idle_source_new (), close_idle_cb, conn);
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
@@ -616,7 +622,7 @@ do_hello (GmdSocketConn *conn, GmdProtoRequest *req)
       return;
     }
   conn->hello_done = TRUE;
-  g_clear_handle_id (&conn->hello_timeout_id, g_source_remove);
+  clear_source (&conn->hello_timeout);
   g_debug ("socket: hello from uid %u (pid %d), client %s", (guint) conn->peer.uid,
            (int) conn->peer.pid, req->client != NULL ? req->client : "(unnamed)");
 
@@ -998,12 +1004,12 @@ conn_update_watch (GmdSocketConn *conn)
 static void
 conn_maybe_finish (GmdSocketConn *conn)
 {
-  if (!conn->read_eof || conn->closed || conn->failing || conn->close_idle_id != 0)
+  if (!conn->read_eof || conn->closed || conn->failing || conn->close_idle != NULL)
     return;
   if (g_hash_table_size (conn->pending) > 0 || conn->out_offset < conn->out->len)
     return;
   /* Deferred: this may run inside a service callback. */
-  conn->close_idle_id = attach_source (g_idle_source_new (), close_idle_cb, conn);
+  conn->close_idle = attach_source (g_idle_source_new (), close_idle_cb, conn);
 }
 
 static void
@@ -1065,7 +1071,7 @@ hello_timeout_cb (gpointer data)
 {
   GmdSocketConn *conn = data;
 
-  conn->hello_timeout_id = 0;
+  clear_source (&conn->hello_timeout);
   if (!conn->hello_done && !conn->closed)
     {
       send_error_literal (conn, NULL, GMD_ERROR_INVALID_ARGUMENT, NULL,
@@ -1112,8 +1118,8 @@ gmd_socket_conn_new (GmdService *service, int fd, const GmdPeerCred *peer, gbool
   conn->fd_tag = g_source_add_unix_fd (conn->source, fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
   g_source_attach (conn->source, context);
 
-  conn->hello_timeout_id = attach_source (g_timeout_source_new_seconds (HELLO_TIMEOUT_SECONDS),
-                                          hello_timeout_cb, conn);
+  conn->hello_timeout = attach_source (g_timeout_source_new_seconds (HELLO_TIMEOUT_SECONDS),
+                                       hello_timeout_cb, conn);
   g_debug ("socket: connection from uid %u gid %u pid %d%s", (guint) peer->uid, (guint) peer->gid,
            (int) peer->pid, admin ? " (admin)" : "");
   return conn;
