@@ -203,6 +203,12 @@ gmd_line_reader_pop (GmdLineReader *r)
   return g_queue_pop_head (&r->lines);
 }
 
+guint
+gmd_line_reader_get_n_lines (GmdLineReader *r)
+{
+  return r->lines.length;
+}
+
 gsize
 gmd_line_reader_get_buffered (GmdLineReader *r)
 {

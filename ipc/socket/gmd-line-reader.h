@@ -45,6 +45,8 @@ void gmd_line_reader_feed (GmdLineReader *reader, const char *data, gsize len,
 void gmd_line_reader_finish (GmdLineReader *reader);
 /* The next complete line, or NULL. */
 GmdLine *gmd_line_reader_pop (GmdLineReader *reader);
+/* Complete lines waiting to be popped. */
+guint gmd_line_reader_get_n_lines (GmdLineReader *reader);
 /* Bytes of the incomplete line currently held (for tests of the cap). */
 gsize gmd_line_reader_get_buffered (GmdLineReader *reader);
 

@@ -41,13 +41,13 @@ struct _GmdSocketConn {
   GSource *close_idle;            /* a deferred close (see conn_fail) */
 
   GmdLineReader *reader;
-  guint8 *read_buf;
   gsize cmsg_size;
   guint8 *cmsg_buf;
 
   gboolean hello_done;
   gboolean read_eof;              /* the peer half-closed: finish, then close */
   gboolean failing;               /* close pending; no more output or requests */
+  gboolean parsing;               /* a line is being parsed in a thread */
   gboolean closed;
 
   GHashTable *pending;            /* id key → Pending: streams, load_model */
@@ -210,7 +210,6 @@ gmd_socket_conn_close (GmdSocketConn *conn)
   close (conn->fd);
   conn->fd = -1;
   g_clear_pointer (&conn->reader, gmd_line_reader_free);
-  g_clear_pointer (&conn->read_buf, g_free);
   g_clear_pointer (&conn->cmsg_buf, g_free);
   g_clear_pointer (&conn->client, gmd_client_unref);
 }
@@ -247,7 +246,8 @@ conn_fail (GmdSocketConn *conn, const char *why)
     return;
   g_debug ("socket: uid %u (pid %d): %s", (guint) conn->peer.uid, (int) conn->peer.pid, why);
   conn->failing = TRUE;
-  conn->close_idle = attach_source (g_idle_source_new (), close_idle_cb, conn);
+  if (conn->close_idle == NULL)   /* else a close is already on its way */
+    conn->close_idle = attach_source (g_idle_source_new (), close_idle_cb, conn);
 }
 
 /* ---- output ------------------------------------------------------------------------------ */
@@ -835,15 +835,107 @@ current_limits (GmdSocketConn *conn, GmdLimits *out)
   out->max_prompt_tokens = resolve_token_cap (out->max_prompt_tokens, window);
 }
 
+/* A line to parse, off the main loop when it may be slow. */
+typedef struct {
+  GmdLine *line;
+  GmdLimits limits;
+  gboolean expect_hello;
+  GmdProtoRequest *req;
+  GmdProtoId *id;       /* set when the line had a usable id, even on error */
+  GError *error;
+} ParseJob;
+
+/* Lines longer than this are parsed in a thread (a 27 MiB base64 image takes a while). */
+#define PARSE_IN_THREAD_BYTES (1024u * 1024)
+
+static void
+parse_job_free (ParseJob *job)
+{
+  gmd_line_free (job->line);
+  gmd_proto_request_free (job->req);
+  gmd_proto_id_free (job->id);
+  g_clear_error (&job->error);
+  g_free (job);
+}
+
+/* Pure: no service, no connection state; safe in any thread. */
+static void
+parse_job_run (ParseJob *job)
+{
+  job->req = gmd_proto_parse (job->line->data, job->line->len, job->line->fds, job->line->n_fds,
+                              &job->limits, job->expect_hello, &job->id, &job->error);
+  /* Media were read: close every fd of the line before answering. */
+  gmd_line_close_fds (job->line);
+}
+
+/* The parsed line, back on the main loop: answer an error or run the request. */
+static void
+finish_line (GmdSocketConn *conn, ParseJob *job)
+{
+  if (job->id != NULL)
+    {
+      g_autofree char *key = gmd_proto_id_key (job->id);
+      if (g_hash_table_contains (conn->pending, key))
+        {
+          /* Answering with that id would look like the end of the running request. */
+          g_autofree char *shown = gmd_proto_id_to_display (job->id);
+          send_error_literal (conn, NULL, GMD_ERROR_INVALID_ARGUMENT, "id",
+                              "line %" G_GUINT64_FORMAT ": id %s is already used by an unfinished request",
+                              job->line->number, shown);
+          return;
+        }
+    }
+  if (job->req == NULL)
+    {
+      if (job->id != NULL)
+        send_error (conn, job->id, job->error);
+      else
+        {
+          g_autofree char *field = gmd_error_field (job->error);
+          g_autofree char *message = g_strdup_printf ("line %" G_GUINT64_FORMAT ": %s", job->line->number,
+                                                      job->error->message);
+          conn_send (conn, gmd_proto_error_line_literal (NULL, gmd_error_code_of (job->error), message, field));
+        }
+      return;
+    }
+  dispatch (conn, job->req);
+}
+
+static void
+parse_thread (GTask *task, gpointer source, gpointer task_data, GCancellable *cancellable)
+{
+  parse_job_run (task_data);
+  g_task_return_boolean (task, TRUE);
+}
+
+static void process_lines (GmdSocketConn *conn);
+
+static void
+parse_done (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  GmdSocketConn *conn = user_data;
+
+  conn->parsing = FALSE;
+  if (!conn->closed && !conn->failing)
+    {
+      finish_line (conn, g_task_get_task_data (G_TASK (result)));
+      process_lines (conn);
+      conn_update_watch (conn);
+      conn_maybe_finish (conn);
+    }
+  gmd_socket_conn_unref (conn);
+}
+
+/* Takes line. A line parsed in a thread sets conn->parsing until it is done. */
 static void
 handle_line (GmdSocketConn *conn, GmdLine *line)
 {
   GmdLimits limits_now;
   const GmdLimits *limits = &limits_now;
-  g_autoptr (GError) error = NULL;
   g_autoptr (GmdProtoId) id = NULL;
-  g_autoptr (GmdProtoRequest) req = NULL;
   g_autofree char *key = NULL;
+  ParseJob *job;
+  GTask *task;
 
   current_limits (conn, &limits_now);
   if (line->status == GMD_LINE_TOO_LONG)
@@ -851,6 +943,7 @@ handle_line (GmdSocketConn *conn, GmdLine *line)
       send_error_literal (conn, NULL, GMD_ERROR_LIMIT_EXCEEDED, NULL,
                           "line %" G_GUINT64_FORMAT ": longer than %" G_GUINT64_FORMAT " bytes",
                           line->number, limits->max_line_bytes);
+      gmd_line_free (line);
       return;
     }
   if (line->status == GMD_LINE_TOO_MANY_FDS)
@@ -868,60 +961,57 @@ handle_line (GmdSocketConn *conn, GmdLine *line)
         send_error_literal (conn, NULL, GMD_ERROR_LIMIT_EXCEEDED, NULL,
                             "line %" G_GUINT64_FORMAT ": more than %u file descriptors came with it",
                             line->number, limits->max_fds_per_line);
+      gmd_line_free (line);
       return;
     }
 
-  req = gmd_proto_parse (line->data, line->len, line->fds, line->n_fds, limits, !conn->hello_done,
-                         &id, &error);
-  /* Media were read: close every fd of the line before answering. */
-  gmd_line_close_fds (line);
-
-  if (id != NULL)
+  job = g_new0 (ParseJob, 1);
+  job->line = line;
+  job->limits = limits_now;
+  job->expect_hello = !conn->hello_done;
+  if (line->n_fds == 0 && line->len <= PARSE_IN_THREAD_BYTES)
     {
-      key = gmd_proto_id_key (id);
-      if (g_hash_table_contains (conn->pending, key))
-        {
-          /* Answering with that id would look like the end of the running request. */
-          g_autofree char *shown = gmd_proto_id_to_display (id);
-          send_error_literal (conn, NULL, GMD_ERROR_INVALID_ARGUMENT, "id",
-                              "line %" G_GUINT64_FORMAT ": id %s is already used by an unfinished request",
-                              line->number, shown);
-          return;
-        }
-    }
-  if (req == NULL)
-    {
-      if (id != NULL)
-        send_error (conn, id, error);
-      else
-        {
-          g_autofree char *field = gmd_error_field (error);
-          g_autofree char *message = g_strdup_printf ("line %" G_GUINT64_FORMAT ": %s", line->number,
-                                                      error->message);
-          conn_send (conn, gmd_proto_error_line_literal (NULL, gmd_error_code_of (error), message, field));
-        }
+      parse_job_run (job);
+      finish_line (conn, job);
+      parse_job_free (job);
       return;
     }
-  dispatch (conn, req);
+  /* Reading fds (a file on a slow or hostile filesystem can take any time) and big
+   * lines run in a thread; this connection's next lines wait for the result. */
+  conn->parsing = TRUE;
+  task = g_task_new (NULL, NULL, parse_done, gmd_socket_conn_ref (conn));
+  g_task_set_task_data (task, job, (GDestroyNotify) parse_job_free);
+  g_task_run_in_thread (task, parse_thread);
+  g_object_unref (task);
 }
 
 /* ---- input ---------------------------------------------------------------------------------- */
 
-/* Stop reading new requests while this much output waits: a client that does not read
- * gets no new work queued for it (the stream output alone can still hit the cap). */
+/* Stop taking new requests while this much output waits: a client that pipelines
+ * requests but reads slowly is slowed down instead of piling up answers (only streams,
+ * which keep producing, can reach MAX_PENDING_OUTPUT). */
 #define INPUT_PAUSE_OUTPUT (1024u * 1024)
 
+static gboolean
+input_paused (GmdSocketConn *conn)
+{
+  return conn->out->len - conn->out_offset >= INPUT_PAUSE_OUTPUT;
+}
+
+/* Runs the complete lines received so far, until the output backs up. */
 static void
 process_lines (GmdSocketConn *conn)
 {
   GmdLine *line;
 
-  while (!conn->closed && !conn->failing && (line = gmd_line_reader_pop (conn->reader)) != NULL)
-    {
-      handle_line (conn, line);
-      gmd_line_free (line);
-    }
+  while (!conn->closed && !conn->failing && !conn->parsing && !input_paused (conn) &&
+         (line = gmd_line_reader_pop (conn->reader)) != NULL)
+    handle_line (conn, line);
 }
+
+/* One buffer for all connections: reads run one at a time on the main loop and the line
+ * reader copies what it keeps. */
+static guint8 read_buf[READ_CHUNK];
 
 /* FALSE when the socket failed. */
 static gboolean
@@ -929,7 +1019,7 @@ read_input (GmdSocketConn *conn)
 {
   for (int round = 0; round < READS_PER_DISPATCH && !conn->failing; round++)
     {
-      struct iovec iov = { conn->read_buf, READ_CHUNK };
+      struct iovec iov = { read_buf, sizeof read_buf };
       struct msghdr msg = {
         .msg_iov = &iov,
         .msg_iovlen = 1,
@@ -968,12 +1058,12 @@ read_input (GmdSocketConn *conn)
           process_lines (conn);
           break;
         }
-      gmd_line_reader_feed (conn->reader, (const char *) conn->read_buf, (gsize) n,
+      gmd_line_reader_feed (conn->reader, (const char *) read_buf, (gsize) n,
                             (const int *) (void *) fds->data, fds->len,
                             (msg.msg_flags & MSG_CTRUNC) != 0);
       process_lines (conn);
-      if (conn->out->len - conn->out_offset >= INPUT_PAUSE_OUTPUT)
-        break;
+      if (conn->parsing || gmd_line_reader_get_n_lines (conn->reader) > 0)
+        break;   /* the rest waits for the parse thread or for the output to drain */
     }
   return TRUE;
 }
@@ -993,7 +1083,8 @@ conn_update_watch (GmdSocketConn *conn)
 
   if (conn->source == NULL || conn->closed)
     return;
-  if (!conn->read_eof && !conn->failing && unsent < INPUT_PAUSE_OUTPUT)
+  if (!conn->read_eof && !conn->failing && !conn->parsing && !input_paused (conn) &&
+      gmd_line_reader_get_n_lines (conn->reader) == 0)
     cond |= G_IO_IN;
   if (unsent > 0)
     cond |= G_IO_OUT;
@@ -1006,7 +1097,8 @@ conn_maybe_finish (GmdSocketConn *conn)
 {
   if (!conn->read_eof || conn->closed || conn->failing || conn->close_idle != NULL)
     return;
-  if (g_hash_table_size (conn->pending) > 0 || conn->out_offset < conn->out->len)
+  if (g_hash_table_size (conn->pending) > 0 || conn->out_offset < conn->out->len ||
+      conn->parsing || gmd_line_reader_get_n_lines (conn->reader) > 0)
     return;
   /* Deferred: this may run inside a service callback. */
   conn->close_idle = attach_source (g_idle_source_new (), close_idle_cb, conn);
@@ -1034,7 +1126,10 @@ conn_handle_io (GmdSocketConn *conn, GIOCondition cond)
       conn_close_and_notify (conn);
       return;
     }
-  if ((cond & G_IO_IN) && !conn->read_eof && !conn->failing && !read_input (conn))
+  /* Lines held back while the output was backed up go first. */
+  process_lines (conn);
+  if ((cond & G_IO_IN) && !conn->read_eof && !conn->failing && !conn->parsing &&
+      gmd_line_reader_get_n_lines (conn->reader) == 0 && !read_input (conn))
     {
       conn->failing = TRUE;
       conn_close_and_notify (conn);
@@ -1101,7 +1196,6 @@ gmd_socket_conn_new (GmdService *service, int fd, const GmdPeerCred *peer, gbool
   conn->client = gmd_service_get_client (service, client_key, peer->uid);
 
   conn->reader = gmd_line_reader_new (limits->max_line_bytes, limits->max_fds_per_line);
-  conn->read_buf = g_malloc (READ_CHUNK);
   /* Room for the fds of one line, plus credentials in case the socket passes them. */
   conn->cmsg_size = CMSG_SPACE (sizeof (int) * MAX (limits->max_fds_per_line, 1)) +
                     CMSG_SPACE (sizeof (struct ucred));
