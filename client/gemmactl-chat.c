@@ -155,29 +155,6 @@ show_history (Chat *chat)
       else
         g_string_append_printf (line, "[%s]", type != NULL ? type : "media");
     }
-    /* the other shape: {"role", "text", "media": [{"type", "soft_tokens"}]} */
-    JsonArray *media = gemmactl_json_array (message, "media");
-    for (guint p = 0; parts == NULL && media != NULL && p < json_array_get_length (media); p++) {
-      JsonNode *media_node = json_array_get_element (media, p);
-      if (JSON_NODE_TYPE (media_node) != JSON_NODE_OBJECT)
-        continue;
-      JsonObject *item = json_node_get_object (media_node);
-      const char *type = gemmactl_json_string (item, "type");
-      gint64 soft_tokens = 0;
-      if (line->len > 0)
-        g_string_append_c (line, ' ');
-      if (gemmactl_json_int (item, "soft_tokens", &soft_tokens))
-        g_string_append_printf (line, "[%s, %" G_GINT64_FORMAT " tokens]",
-                                type != NULL ? type : "media", soft_tokens);
-      else
-        g_string_append_printf (line, "[%s]", type != NULL ? type : "media");
-    }
-    const char *text = gemmactl_json_string (message, "text");
-    if (parts == NULL && text != NULL) {
-      if (line->len > 0)
-        g_string_append_c (line, ' ');
-      g_string_append (line, text);
-    }
     printf ("%s: %s\n", role != NULL ? role : "?", line->str);
   }
   fflush (stdout);

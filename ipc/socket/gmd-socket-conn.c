@@ -452,22 +452,25 @@ do_session_history (GmdSocketConn *conn, GmdProtoRequest *req, SessionEntry *e)
 
       gmd_json_writer_begin_object (&w);
       gmd_json_writer_member_string (&w, "role", gmd_role_name (m->role));
-      if (m->text != NULL)
-        gmd_json_writer_member_string (&w, "text", m->text);
-      if (m->media != NULL && m->media->len > 0)
+      /* The same shape as D-Bus GetHistory: content parts, media (without data) first. */
+      gmd_json_writer_key (&w, "content");
+      gmd_json_writer_begin_array (&w);
+      for (guint k = 0; m->media != NULL && k < m->media->len; k++)
         {
-          gmd_json_writer_key (&w, "media");
-          gmd_json_writer_begin_array (&w);
-          for (guint k = 0; k < m->media->len; k++)
-            {
-              const GmdHistoryMedia *hm = &g_array_index (m->media, GmdHistoryMedia, k);
-              gmd_json_writer_begin_object (&w);
-              gmd_json_writer_member_string (&w, "type", gmd_part_type_name ((GmdPartType) hm->type));
-              gmd_json_writer_member_uint (&w, "soft_tokens", hm->soft_tokens);
-              gmd_json_writer_end_object (&w);
-            }
-          gmd_json_writer_end_array (&w);
+          const GmdHistoryMedia *hm = &g_array_index (m->media, GmdHistoryMedia, k);
+          gmd_json_writer_begin_object (&w);
+          gmd_json_writer_member_string (&w, "type", gmd_part_type_name ((GmdPartType) hm->type));
+          gmd_json_writer_member_uint (&w, "soft_tokens", hm->soft_tokens);
+          gmd_json_writer_end_object (&w);
         }
+      if (m->text != NULL)
+        {
+          gmd_json_writer_begin_object (&w);
+          gmd_json_writer_member_string (&w, "type", "text");
+          gmd_json_writer_member_string (&w, "text", m->text);
+          gmd_json_writer_end_object (&w);
+        }
+      gmd_json_writer_end_array (&w);
       gmd_json_writer_end_object (&w);
     }
   gmd_json_writer_end_array (&w);

@@ -941,6 +941,20 @@ test_fds (void)
 
 /* ---- sessions -------------------------------------------------------------------------- */
 
+/* The text part of a session.history message ({"role", "content": [parts]}). */
+static const char *
+message_text (JsonObject *message)
+{
+  JsonArray *parts = json_object_get_array_member (message, "content");
+  for (guint i = 0; parts != NULL && i < json_array_get_length (parts); i++)
+    {
+      JsonObject *part = json_array_get_object_element (parts, i);
+      if (g_strcmp0 (json_object_get_string_member_with_default (part, "type", ""), "text") == 0)
+        return json_object_get_string_member (part, "text");
+    }
+  return NULL;
+}
+
 static JsonArray *
 history_messages (GmdTestClient *c, const char *session, JsonObject **msg_out)
 {
@@ -993,11 +1007,11 @@ test_session (void)
       JsonObject *m = json_array_get_object_element (messages, i);
       g_assert_cmpstr (json_object_get_string_member (m, "role"), ==, roles[i]);
     }
-  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (messages, 0), "text"),
+  g_assert_cmpstr (message_text (json_array_get_object_element (messages, 0)),
                    ==, "Hello");
-  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (messages, 1), "text"),
+  g_assert_cmpstr (message_text (json_array_get_object_element (messages, 1)),
                    ==, t1->text->str);
-  g_assert_cmpstr (json_object_get_string_member (json_array_get_object_element (messages, 3), "text"),
+  g_assert_cmpstr (message_text (json_array_get_object_element (messages, 3)),
                    ==, t2->text->str);
   json_object_unref (hmsg);
 
