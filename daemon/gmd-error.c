@@ -117,6 +117,17 @@ gmd_error_field (const GError *error)
   return g_strndup (m, n);
 }
 
+gboolean
+gmd_field_key_is_plain (const char *key)
+{
+  gsize n = 0;
+
+  for (; key[n] != '\0'; n++)
+    if (!(g_ascii_isalnum (key[n]) || key[n] == '_') || n >= 64)
+      return FALSE;
+  return n > 0;
+}
+
 GmdErrorCode
 gmd_error_code_of (const GError *error)
 {

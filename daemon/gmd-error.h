@@ -39,6 +39,10 @@ void gmd_set_field_error (GError **error, GmdErrorCode code, const char *field,
  * A field path is [A-Za-z0-9_.\[\]] up to the first ": ". Free with g_free. */
 char *gmd_error_field (const GError *error);
 
+/* Whether a client-chosen key can go into a field path: 1-64 of [A-Za-z0-9_] (what
+ * gmd_error_field reads back). Other keys are named in the message text instead. */
+gboolean gmd_field_key_is_plain (const char *key);
+
 /* Maps any GError to a GMD_ERROR code: GMD_ERROR as is, G_IO_ERROR_CANCELLED → CANCELLED,
  * everything else INTERNAL. */
 GmdErrorCode gmd_error_code_of (const GError *error);

@@ -315,18 +315,8 @@ gmd_options_new (void)
 {
   GmdOptions *o = g_new0 (GmdOptions, 1);
 
-  /* Gemma 4's generation_config.json. */
-  o->sampling = (gm_sampler_params) {
-    .temperature = 1.0f,
-    .top_k = 64,
-    .top_p = 0.95f,
-    .min_p = 0.0f,
-    .repeat_penalty = 1.0f,
-    .repeat_last_n = 64,
-    .presence_penalty = 0.0f,
-    .frequency_penalty = 0.0f,
-    .seed = 0,
-  };
+  /* Gemma 4's generation_config.json, as the engine's sampler defines it. */
+  o->sampling = gm_sampler_default_params ();
   o->max_tokens = 1024;
   o->image_tokens = 280;
   o->stop = g_ptr_array_new_with_free_func (g_free);
@@ -600,16 +590,6 @@ set_value (GmdOptions *o, guint32 bit, const GmdValue *v, const GmdLimits *limit
   return FALSE;
 }
 
-static gboolean
-is_plain_key (const char *key)
-{
-  gsize n = 0;
-
-  for (; key[n] != '\0'; n++)
-    if (!(g_ascii_isalnum (key[n]) || key[n] == '_') || n >= 64)
-      return FALSE;
-  return n > 0;
-}
 
 gboolean
 gmd_options_set (GmdOptions *o, GmdOptionsScope scope, const char *key, const GmdValue *value,
@@ -626,7 +606,7 @@ gmd_options_set (GmdOptions *o, GmdOptionsScope scope, const char *key, const Gm
       gmd_limits_init_default (&default_limits);
       limits = &default_limits;
     }
-  if (key == NULL || !is_plain_key (key))
+  if (key == NULL || !gmd_field_key_is_plain (key))
     {
       g_autofree char *q = quote_for_message (key);
       gmd_set_field_error (error, GMD_ERROR_INVALID_ARGUMENT, field_prefix, "unknown key %s", q);

@@ -158,23 +158,12 @@ gmd_proto_request_free (GmdProtoRequest *request)
 
 /* ---- field readers ----------------------------------------------------------------------- */
 
-/* A key usable in a field path ([A-Za-z0-9_], as gmd_error_field reads it back). */
-static gboolean
-is_plain_key (const char *key)
-{
-  gsize n = 0;
-
-  for (; key[n] != '\0'; n++)
-    if (!(g_ascii_isalnum (key[n]) || key[n] == '_') || n >= 64)
-      return FALSE;
-  return n > 0;
-}
 
 /* "unknown field" naming the key in the field path when it can be one. */
 static void
 set_unknown_key_error (GError **error, const char *parent, const char *key, const char *where)
 {
-  if (is_plain_key (key))
+  if (gmd_field_key_is_plain (key))
     {
       g_autofree char *field = parent != NULL ? g_strdup_printf ("%s.%s", parent, key) : g_strdup (key);
       gmd_set_field_error (error, GMD_ERROR_INVALID_ARGUMENT, field, "unknown field %s", where);
@@ -615,7 +604,7 @@ static gboolean
 set_option (GmdOptions *o, GmdOptionsScope scope, const char *key, const GmdJson *v,
             const GmdLimits *limits, GError **error)
 {
-  g_autofree char *field = is_plain_key (key) ? g_strdup_printf ("options.%s", key) : g_strdup ("options");
+  g_autofree char *field = gmd_field_key_is_plain (key) ? g_strdup_printf ("options.%s", key) : g_strdup ("options");
   g_autoptr (GPtrArray) strv = NULL;
   g_autoptr (GPtrArray) history = NULL;
   GmdValue value = { .type = GMD_VALUE_OTHER, .type_name = gmd_json_type_name (v) };
