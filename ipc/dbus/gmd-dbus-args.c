@@ -324,7 +324,8 @@ collect_part_fields (GVariant *part, const char *field, PartFields *f, GError **
 
 GPtrArray *
 gmd_dbus_content_from_variant (GVariant *content, const int *fds, int n_fds,
-                               const GmdLimits *limits, GError **error)
+                               const GmdLimits *limits, GCancellable *cancellable,
+                               GError **error)
 {
   g_autoptr(GPtrArray) parts = g_ptr_array_new_with_free_func ((GDestroyNotify) gmd_part_free);
   gsize n = g_variant_n_children (content);
@@ -426,6 +427,9 @@ gmd_dbus_content_from_variant (GVariant *content, const int *fds, int n_fds,
                                    index, fds == NULL ? 0 : n_fds);
               return NULL;
             }
+          /* The owner left while earlier fds were read: nobody wants the rest. */
+          if (g_cancellable_set_error_if_cancelled (cancellable, error))
+            return NULL;
           data = gmd_media_read_fd (fds[index], limits->max_media_bytes - media_bytes,
                                     subfield, &read_error);
           if (data == NULL)

@@ -1,8 +1,9 @@
 /* gmd-dbus-caller.c — who is calling: one record per unique bus name that called the
  * Manager. The caller's uid comes from the bus (GetConnectionCredentials, asynchronously:
  * the main loop never waits on the bus); calls that arrive before it are queued and run
- * in order once it is known. The record owns the caller's Request and Session objects
- * and tears them down when the name leaves the bus. */
+ * in order once it is known. The same queue keeps the caller's calls in order while the
+ * media fds of one of them are read in a thread. The record owns the caller's Request
+ * and Session objects and tears them down when the name leaves the bus. */
 #include "gmd-dbus-private.h"
 
 #include <string.h>
@@ -106,7 +107,47 @@ gboolean
 gmd_dbus_caller_is_active (GmdDbusCaller *caller)
 {
   return g_hash_table_size (caller->requests) > 0 || g_hash_table_size (caller->sessions) > 0 ||
-         !g_queue_is_empty (&caller->waiting);
+         !g_queue_is_empty (&caller->waiting) || caller->reading;
+}
+
+/* Runs the waiting calls in order, until one of them starts reading media: the rest wait
+ * for gmd_dbus_caller_read_done. A call ends in the caller's removal only through the bus
+ * (never synchronously), so caller outlives the loop. */
+static void
+run_waiting (GmdDbusCaller *caller)
+{
+  WaitingCall *call;
+
+  while (caller->identified && !caller->reading &&
+         (call = g_queue_pop_head (&caller->waiting)) != NULL)
+    {
+      call->func (caller, call->invocation);
+      g_free (call);
+    }
+}
+
+void
+gmd_dbus_caller_run_in_order (GmdDbusCaller *caller, GDBusMethodInvocation *invocation,
+                              GmdDbusCallerFunc func)
+{
+  WaitingCall *call;
+
+  if (caller->identified && !caller->reading && g_queue_is_empty (&caller->waiting))
+    {
+      func (caller, invocation);
+      return;
+    }
+  call = g_new0 (WaitingCall, 1);
+  call->invocation = invocation;
+  call->func = func;
+  g_queue_push_tail (&caller->waiting, call);
+}
+
+void
+gmd_dbus_caller_read_done (GmdDbusCaller *caller)
+{
+  caller->reading = FALSE;
+  run_waiting (caller);
 }
 
 static void
@@ -150,14 +191,7 @@ got_credentials (GObject *source, GAsyncResult *result, gpointer user_data)
     caller->client = gmd_service_get_client (server->service, key, caller->uid);
   }
   caller->identified = TRUE;
-
-  /* Each call may end in the caller's removal only through the bus (never synchronously),
-   * so the queue can be drained here. */
-  while ((call = g_queue_pop_head (&caller->waiting)) != NULL)
-    {
-      call->func (caller, call->invocation);
-      g_free (call);
-    }
+  run_waiting (caller);
 }
 
 void
@@ -166,7 +200,6 @@ gmd_dbus_caller_dispatch (GmdDbusServer *server, GDBusMethodInvocation *invocati
 {
   const char *name = g_dbus_method_invocation_get_sender (invocation);
   GmdDbusCaller *caller;
-  WaitingCall *call;
 
   if (name == NULL || name[0] != ':')
     {
@@ -176,20 +209,10 @@ gmd_dbus_caller_dispatch (GmdDbusServer *server, GDBusMethodInvocation *invocati
     }
 
   caller = g_hash_table_lookup (server->callers, name);
-  if (caller != NULL && caller->identified)
-    {
-      func (caller, invocation);
-      return;
-    }
-
-  call = g_new0 (WaitingCall, 1);
-  call->invocation = invocation;
-  call->func = func;
   if (caller == NULL)
     {
       caller = caller_new (server, name);
       g_hash_table_insert (server->callers, caller->name, caller);
-      g_queue_push_tail (&caller->waiting, call);
       /* If the name is already gone, the bus answers with an error (and NameOwnerChanged
        * has been or will be seen): the record is dropped either way. */
       g_dbus_connection_call (server->connection, "org.freedesktop.DBus", "/org/freedesktop/DBus",
@@ -198,6 +221,5 @@ gmd_dbus_caller_dispatch (GmdDbusServer *server, GDBusMethodInvocation *invocati
                               G_DBUS_CALL_FLAGS_NONE, -1, caller->cancellable,
                               got_credentials, caller);
     }
-  else
-    g_queue_push_tail (&caller->waiting, call);
+  gmd_dbus_caller_run_in_order (caller, invocation, func);
 }

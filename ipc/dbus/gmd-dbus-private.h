@@ -1,6 +1,7 @@
 /* gmd-dbus-private.h — what the files of the D-Bus front end share: the server, the
  * callers (one per unique bus name that called the Manager), Request and Session objects,
- * and the a{sv} conversions. Everything runs in the server's main context. */
+ * and the a{sv} conversions. Everything runs in the server's main context, except the
+ * reading of a call's media fds (gmd_dbus_content_from_variant in a GTask thread). */
 #pragma once
 
 #include <gio/gio.h>
@@ -59,16 +60,25 @@ struct _GmdDbusCaller {
   uid_t uid;
   GmdClient *client;
   GCancellable *cancellable;    /* the GetConnectionCredentials call */
-  GQueue waiting;               /* calls made before the credentials arrived */
+  gboolean reading;             /* the media fds of one of its calls are being read */
+  GQueue waiting;               /* calls made before the credentials arrived or while
+                                   reading: run in order once both are done */
   GHashTable *requests;         /* set of GmdDbusRequest* (each frees itself when done) */
   GHashTable *sessions;         /* set of GmdDbusSession* */
 };
 
 typedef void (*GmdDbusCallerFunc) (GmdDbusCaller *caller, GDBusMethodInvocation *invocation);
 
-/* Runs func once the sender of invocation is identified (at once when it already is). */
+/* Runs func once the sender of invocation is identified and none of its calls is reading
+ * media (at once when both hold), after the calls that wait already. */
 void gmd_dbus_caller_dispatch (GmdDbusServer *server, GDBusMethodInvocation *invocation,
                                GmdDbusCallerFunc func);
+/* The same for a call to one of caller's objects (Session methods). */
+void gmd_dbus_caller_run_in_order (GmdDbusCaller *caller, GDBusMethodInvocation *invocation,
+                                   GmdDbusCallerFunc func);
+/* A call set caller->reading while its fds were read in a thread; now the call is
+ * submitted or answered: the calls that waited run (until one reads again). */
+void gmd_dbus_caller_read_done (GmdDbusCaller *caller);
 /* The name left the bus (or the server goes away): abandon its requests, close its
  * sessions silently, unexport everything, free the caller. */
 void gmd_dbus_caller_vanished (GmdDbusServer *server, const char *name);
@@ -86,7 +96,9 @@ typedef enum {
 
 /* Handles Generate, Respond and Session.Send: parses (aa{sv} content, a{sv} options) of
  * invocation, submits the request (as a turn of session when not NULL) and replies when
- * the service has decided (and, for Respond, at the end). */
+ * the service has decided (and, for Respond, at the end). A call with fds has them read
+ * in a thread (a file on a stalled filesystem must not freeze the service): its object
+ * is exported meanwhile (Cancel works) and the caller's later calls wait. */
 void gmd_dbus_request_handle (GmdDbusCaller *caller, GDBusMethodInvocation *invocation,
                               GmdSession *session, GmdOptionsScope scope,
                               GmdDbusRequestMode mode);
@@ -136,9 +148,12 @@ void gmd_dbus_admin_calls_detach (GmdDbusServer *server);
 GmdOptions *gmd_dbus_options_from_variant (GVariant *dict, GmdOptionsScope scope,
                                            const GmdLimits *limits, GError **error);
 /* content: aa{sv}; fds: the call's file descriptors (index = 'h' value). Media caps are
- * checked before anything more is read. Returns GmdPart* with its free func. */
+ * checked before anything more is read. Returns GmdPart* with its free func. Touches no
+ * shared state: safe in a worker thread. Stops before the next fd once cancellable is
+ * cancelled (G_IO_ERROR_CANCELLED). */
 GPtrArray *gmd_dbus_content_from_variant (GVariant *content, const int *fds, int n_fds,
-                                          const GmdLimits *limits, GError **error);
+                                          const GmdLimits *limits, GCancellable *cancellable,
+                                          GError **error);
 GVariant *gmd_dbus_summary_to_variant (const GmdSummary *summary);
 GVariant *gmd_dbus_progress_to_variant (const GmdProgress *progress);
 GVariant *gmd_dbus_history_to_variant (GPtrArray *messages);

@@ -106,23 +106,33 @@ handle_properties (GmdDbusSession *s, const char *method, GVariant *parameters,
                                            "the properties of %s are read-only", GMD_DBUS_SESSION_IFACE);
 }
 
-static void
-session_method_call (GDBusConnection *connection, const char *sender, const char *path,
-                     const char *interface, const char *method, GVariant *parameters,
-                     GDBusMethodInvocation *invocation, gpointer user_data)
+static GmdDbusSession *
+find_session (GmdDbusCaller *caller, const char *path)
 {
-  GmdDbusSession *s = user_data;
+  GHashTableIter iter;
+  gpointer object;
+
+  g_hash_table_iter_init (&iter, caller->sessions);
+  while (g_hash_table_iter_next (&iter, &object, NULL))
+    if (strcmp (((GmdDbusSession *) object)->path, path) == 0)
+      return object;
+  return NULL;
+}
+
+/* Send, GetHistory, Truncate and Close run in the caller's order: a Send whose media are
+ * still being read comes first. The session may have closed while the call waited. */
+static void
+session_call_for (GmdDbusCaller *caller, GDBusMethodInvocation *invocation)
+{
+  const char *path = g_dbus_method_invocation_get_object_path (invocation);
+  const char *method = g_dbus_method_invocation_get_method_name (invocation);
+  GVariant *parameters = g_dbus_method_invocation_get_parameters (invocation);
+  GmdDbusSession *s = find_session (caller, path);
   g_autoptr(GError) error = NULL;
 
-  if (g_strcmp0 (sender, s->caller->name) != 0)
-    {
-      gmd_dbus_return_code (invocation, GMD_ERROR_PERMISSION_DENIED,
-                            "%s belongs to another caller", path);
-      return;
-    }
-
-  if (strcmp (interface, GMD_DBUS_PROPERTIES_IFACE) == 0)
-    handle_properties (s, method, parameters, invocation);
+  if (s == NULL)
+    g_dbus_method_invocation_return_error (invocation, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_OBJECT,
+                                           "%s is closed", path);
   else if (strcmp (method, "Send") == 0)
     gmd_dbus_request_handle (s->caller, invocation, s->session, GMD_OPTIONS_SESSION_SEND,
                              GMD_DBUS_REQUEST_STREAM);
@@ -154,7 +164,27 @@ session_method_call (GDBusConnection *connection, const char *sender, const char
     }
   else
     g_dbus_method_invocation_return_error (invocation, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_METHOD,
-                                           "no method %s.%s", interface, method);
+                                           "no method %s.%s", GMD_DBUS_SESSION_IFACE, method);
+}
+
+static void
+session_method_call (GDBusConnection *connection, const char *sender, const char *path,
+                     const char *interface, const char *method, GVariant *parameters,
+                     GDBusMethodInvocation *invocation, gpointer user_data)
+{
+  GmdDbusSession *s = user_data;
+
+  if (g_strcmp0 (sender, s->caller->name) != 0)
+    {
+      gmd_dbus_return_code (invocation, GMD_ERROR_PERMISSION_DENIED,
+                            "%s belongs to another caller", path);
+      return;
+    }
+
+  if (strcmp (interface, GMD_DBUS_PROPERTIES_IFACE) == 0)
+    handle_properties (s, method, parameters, invocation);
+  else
+    gmd_dbus_caller_run_in_order (s->caller, invocation, session_call_for);
 }
 
 static const GDBusInterfaceVTable session_vtable = {

@@ -774,6 +774,225 @@ test_media (void)
   gmd_test_daemon_stop (d);
 }
 
+/* Calls with fds have them read off the service's main loop (a file on a stalled
+ * filesystem must not freeze it). What a client sees stays the same: a caller's answers
+ * come in the order of its calls, Cancel reaches a request whose fds may still be read,
+ * and a caller that leaves meanwhile leaves nothing behind. Every check holds whichever
+ * of the read and the next call comes first. */
+typedef struct {
+  GVariant *reply;
+  GError *error;
+  gboolean done;
+  guint order;          /* 1 for the first reply of the test, 2 for the next, … */
+} OrderedCall;
+
+static guint ordered_replies;
+
+static void
+on_ordered_reply (GObject *source, GAsyncResult *result, gpointer user_data)
+{
+  OrderedCall *call = user_data;
+  call->reply = g_dbus_connection_call_with_unix_fd_list_finish (G_DBUS_CONNECTION (source), NULL,
+                                                                 result, &call->error);
+  call->order = ++ordered_replies;
+  call->done = TRUE;
+}
+
+static void
+ordered_call (GDBusConnection *c, const char *path, const char *iface, const char *method,
+              GVariant *params, GUnixFDList *fds, OrderedCall *call)
+{
+  g_dbus_connection_call_with_unix_fd_list (c, GMD_BUS_NAME, path, iface, method, params, NULL,
+                                            G_DBUS_CALL_FLAGS_NONE, GMD_TEST_TIMEOUT_MS, fds, NULL,
+                                            on_ordered_reply, call);
+}
+
+static void
+ordered_call_clear (OrderedCall *call)
+{
+  g_clear_pointer (&call->reply, g_variant_unref);
+  g_clear_error (&call->error);
+}
+
+/* Content: image (as handle 0) then a question. */
+static GVariant *
+image_fd_content (void)
+{
+  return media_content ("image", "fd", g_variant_new_handle (0));
+}
+
+static GUnixFDList *
+fd_list_of (int fd)
+{
+  g_autoptr (GError) error = NULL;
+  GUnixFDList *fds = g_unix_fd_list_new ();
+  g_unix_fd_list_append (fds, fd, &error);
+  g_assert_no_error (error);
+  close (fd);
+  return fds;
+}
+
+/* Waits until the Request object at path answers (a round trip each time, no sleep): a
+ * method call to a path not yet exported is refused by GDBus at once, even when the call
+ * that exports it came first but waits in the service's main loop. */
+static void
+wait_request_exported (GDBusConnection *c, const char *path)
+{
+  gint64 deadline = g_get_monotonic_time () + GMD_TEST_TIMEOUT_MS * G_TIME_SPAN_MILLISECOND;
+  for (;;)
+    {
+      g_autoptr (GError) error = NULL;
+      g_autoptr (GVariant) r = gmd_test_dbus_call (
+          c, path, "org.freedesktop.DBus.Properties", "Get",
+          g_variant_new ("(ss)", GMD_REQUEST_IFACE, "State"), "(v)", &error);
+      if (r != NULL)
+        return;
+      if (g_get_monotonic_time () > deadline)
+        g_error ("request %s never appeared: %s", path, error->message);
+      g_main_context_iteration (NULL, FALSE);
+    }
+}
+
+static void
+test_media_fds_off_loop (void)
+{
+  GmdTestDaemon *d = gmd_test_daemon_start_default ();
+  g_autoptr (GDBusConnection) c = gmd_test_daemon_connect_bus (d);
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GBytes) png = gmd_test_png_bytes ();
+  g_autoptr (GVariant) mods = gmd_test_manager_property (c, "Modalities");
+  gboolean image = gmd_test_strv_contains (mods, "image");
+  ordered_replies = 0;
+
+  /* One caller, three calls sent back to back: a real PNG file as an fd, then text, then
+   * OpenSession. The later calls wait for the read, so they run after the first. */
+  {
+    g_autoptr (GUnixFDList) fds = fd_list_of (gmd_test_temp_fd (d, g_bytes_get_data (png, NULL),
+                                                                g_bytes_get_size (png), O_RDONLY));
+    g_autoptr (GmdTestDbusStream) text = gmd_test_dbus_stream_subscribe (c, "after_fd");
+    OrderedCall with_fd = { 0 }, text_call = { 0 }, open_call = { 0 };
+    ordered_call (c, GMD_MANAGER_PATH, GMD_MANAGER_IFACE, "Generate",
+                  g_variant_new ("(@aa{sv}@a{sv})", image_fd_content (),
+                                 opts_with_token (opts_short (), "png_fd")),
+                  fds, &with_fd);
+    ordered_call (c, GMD_MANAGER_PATH, GMD_MANAGER_IFACE, "Generate",
+                  g_variant_new ("(@aa{sv}@a{sv})", gmd_test_text_content ("Hello"),
+                                 opts_with_token (opts_short (), "after_fd")),
+                  NULL, &text_call);
+    ordered_call (c, GMD_MANAGER_PATH, GMD_MANAGER_IFACE, "OpenSession",
+                  g_variant_new_parsed ("({'handle_token': <'fdchat'>},)"), NULL, &open_call);
+    gmd_test_wait_flag (&open_call.done, GMD_TEST_TIMEOUT_MS, "the OpenSession reply");
+    gmd_test_wait_flag (&text_call.done, GMD_TEST_TIMEOUT_MS, "the second Generate reply");
+    /* A Generate is answered when the service has queued it (possibly after the next
+     * call's answer); without an image encoder the one with the fd is refused at once,
+     * before the next calls run. */
+    gmd_test_wait_flag (&with_fd.done, GMD_TEST_TIMEOUT_MS, "the first Generate reply");
+    if (image)
+      g_assert_no_error (with_fd.error);
+    else
+      {
+        gmd_test_assert_dbus_error (with_fd.error, "UnsupportedMedia");
+        g_assert_cmpuint (with_fd.order, <, text_call.order);
+        g_assert_cmpuint (with_fd.order, <, open_call.order);
+      }
+    g_assert_no_error (text_call.error);
+    g_assert_no_error (open_call.error);
+    assert_stream_ok (text, 16);
+
+    /* The same on a session: Send with the fd, then a plain Send. */
+    const char *session_path;
+    g_variant_get (open_call.reply, "(&o)", &session_path);
+    g_autoptr (GUnixFDList) fds2 = fd_list_of (gmd_test_temp_fd (d, g_bytes_get_data (png, NULL),
+                                                                 g_bytes_get_size (png), O_RDONLY));
+    g_autoptr (GmdTestDbusStream) turn = gmd_test_dbus_stream_subscribe (c, "turn_after_fd");
+    OrderedCall send_fd = { 0 }, send_text = { 0 };
+    ordered_call (c, session_path, GMD_SESSION_IFACE, "Send",
+                  g_variant_new ("(@aa{sv}@a{sv})", image_fd_content (),
+                                 g_variant_new_parsed ("{'handle_token': <'turn_fd'>, 'max_tokens': <4>}")),
+                  fds2, &send_fd);
+    ordered_call (c, session_path, GMD_SESSION_IFACE, "Send",
+                  g_variant_new ("(@aa{sv}@a{sv})", gmd_test_text_content ("Hi"),
+                                 g_variant_new_parsed ("{'handle_token': <'turn_after_fd'>, "
+                                                       "'max_tokens': <4>}")),
+                  NULL, &send_text);
+    gmd_test_wait_flag (&send_text.done, GMD_TEST_TIMEOUT_MS, "the second Send reply");
+    gmd_test_wait_flag (&send_fd.done, GMD_TEST_TIMEOUT_MS, "the first Send reply");
+    if (!image)
+      {
+        gmd_test_assert_dbus_error (send_fd.error, "UnsupportedMedia");
+        g_assert_cmpuint (send_fd.order, <, send_text.order);
+        g_assert_no_error (send_text.error);
+        assert_stream_ok (turn, 4);
+      }
+    ordered_call_clear (&with_fd);
+    ordered_call_clear (&text_call);
+    ordered_call_clear (&open_call);
+    ordered_call_clear (&send_fd);
+    ordered_call_clear (&send_text);
+  }
+
+  /* Cancel of a Generate whose call carries an fd (a pipe, not named by the content: the
+   * call still goes through the read), as soon as its object answers. The call ends as
+   * Cancelled when the read was still going on, else the stream ends cancelled. The pipe
+   * is closed by the service either way. */
+  {
+    int p[2];
+    g_assert_cmpint (pipe2 (p, O_CLOEXEC), ==, 0);
+    g_autoptr (GUnixFDList) fds = fd_list_of (p[0]);
+    g_autoptr (GmdTestDbusStream) s = gmd_test_dbus_stream_subscribe (c, "cancel_fd");
+    OrderedCall gen = { 0 }, cancel = { 0 };
+    ordered_call (c, GMD_MANAGER_PATH, GMD_MANAGER_IFACE, "Generate",
+                  g_variant_new ("(@aa{sv}@a{sv})", gmd_test_text_content ("Write a long story."),
+                                 opts_with_token (opts_long (), "cancel_fd")),
+                  fds, &gen);
+    wait_request_exported (c, s->path);
+    ordered_call (c, s->path, GMD_REQUEST_IFACE, "Cancel", NULL, NULL, &cancel);
+    gmd_test_wait_flag (&cancel.done, GMD_TEST_TIMEOUT_MS, "the Cancel reply");
+    g_assert_no_error (cancel.error);
+    gmd_test_wait_flag (&gen.done, GMD_TEST_TIMEOUT_MS, "the Generate reply");
+    if (gen.error != NULL)
+      {
+        gmd_test_assert_dbus_error (gen.error, "Cancelled");
+        g_assert_cmpuint (s->n_finished, ==, 0);
+      }
+    else
+      assert_stream_cancelled (s, "client");
+    g_clear_object (&fds);   /* our copy of the read end */
+    g_assert_true (gmd_test_pipe_reader_closed (p[1], GMD_TEST_TIMEOUT_MS));
+    close (p[1]);
+    ordered_call_clear (&gen);
+    ordered_call_clear (&cancel);
+  }
+
+  /* A caller that leaves right after a call with an fd: the fd is closed, nothing of its
+   * request stays, the others are served. */
+  {
+    GDBusConnection *leaves = gmd_test_daemon_connect_bus (d);
+    int p[2];
+    g_assert_cmpint (pipe2 (p, O_CLOEXEC), ==, 0);
+    g_autoptr (GUnixFDList) fds = fd_list_of (p[0]);
+    g_dbus_connection_call_with_unix_fd_list (
+        leaves, GMD_BUS_NAME, GMD_MANAGER_PATH, GMD_MANAGER_IFACE, "Generate",
+        g_variant_new ("(@aa{sv}@a{sv})", gmd_test_text_content ("Write a long story."),
+                       opts_with_token (opts_long (), "left")),
+        NULL, G_DBUS_CALL_FLAGS_NONE, -1, fds, NULL, NULL, NULL);
+    g_dbus_connection_flush_sync (leaves, NULL, &error);
+    g_assert_no_error (error);
+    g_dbus_connection_close_sync (leaves, NULL, &error);
+    g_assert_no_error (error);
+    g_object_unref (leaves);
+    g_clear_object (&fds);
+    g_assert_true (gmd_test_pipe_reader_closed (p[1], GMD_TEST_TIMEOUT_MS));
+    close (p[1]);
+    wait_manager_uint (c, "ActiveRequests", 0);
+    wait_manager_uint (c, "QueueLength", 0);
+  }
+
+  g_dbus_connection_close_sync (c, NULL, NULL);
+  assert_still_serves (d);
+  gmd_test_daemon_stop (d);
+}
+
 /* ---- clients leaving, fairness, quotas ----------------------------------------------- */
 
 static void
@@ -1274,6 +1493,7 @@ main (int argc, char **argv)
   g_test_add_func ("/dbus/invalid-arguments", test_invalid_arguments);
   g_test_add_func ("/dbus/window-ranges", test_window_ranges);
   g_test_add_func ("/dbus/media", test_media);
+  g_test_add_func ("/dbus/media-fds-off-loop", test_media_fds_off_loop);
   g_test_add_func ("/dbus/client-vanishes", test_client_vanishes);
   g_test_add_func ("/dbus/fairness", test_fairness);
   g_test_add_func ("/dbus/client-quota", test_client_quota);
