@@ -1,6 +1,7 @@
 /* gemma-run — one-shot, in-process generation: load a Gemma 4 GGUF, run a prompt, stream
- * the text. Also the conformance interface (--tokens + --dump-logits) and a tokenizer
- * front end (--tokenize). Usage in docs/tools.md.
+ * the text. Also the conformance interface (--tokens + --dump-logits), a tokenizer
+ * front end (--tokenize) and the image preprocessing dump (--dump-image-patches, no model
+ * needed). Usage in docs/tools.md.
  *
  * Exit codes: 0 ok, 1 usage, 2 model (or vocabulary / mmproj) load error, 3 runtime error.
  */
@@ -22,17 +23,25 @@
 #include "decoder/sampler.h"
 #include "decoder/tokenizer.h"
 #include "tool-common.h"
+#include "vision/image-decode.h"
+#include "vision/image-preprocess.h"
 
 static const char *prog = "gemma-run";
 
 #define MAX_STOP 16
 #define DEFAULT_MAX_TOKENS 256
+#define MAX_IMAGES 16
+#define DEFAULT_IMAGE_TOKENS 280
 
 typedef struct options {
     const char *model, *mmproj, *prompt, *system, *tokens, *dump_logits;
     char *joined_prompt;       /* positional words, joined */
     const char *stop[MAX_STOP];
     size_t n_stop;
+    const char *images[MAX_IMAGES];
+    size_t n_images;
+    long image_tokens;
+    const char *dump_patches;
     long threads, ctx, batch, max_tokens;
     bool max_tokens_set, seed_set;
     long seed;
@@ -55,6 +64,7 @@ static void usage(FILE *f)
         "usage: gemma-run -m MODEL.gguf [options] [-p PROMPT | PROMPT words...]\n"
         "       gemma-run -m MODEL.gguf --tokens \"2 105 ...\" [--dump-logits FILE] [-n N]\n"
         "       gemma-run -m MODEL_OR_VOCAB.gguf --tokenize [--bos] [--special] < text\n"
+        "       gemma-run --image FILE [--image-tokens N] --dump-image-patches OUT.f32\n"
         "\n"
         "  -m, --model FILE         Gemma 4 text GGUF\n"
         "  --mmproj FILE            multimodal projector GGUF (validated; the vision and audio\n"
@@ -76,6 +86,14 @@ static void usage(FILE *f)
         "  --batch N                prefill chunk size (default 512)\n"
         "  --dump-logits FILE       write the prompt's logits (f32 little-endian, one row of\n"
         "                           n_vocab per prompt position)\n"
+        "  --image FILE             a PNG or JPEG image (repeatable, up to %d); for now only\n"
+        "                           with --dump-image-patches (no vision encoder yet)\n"
+        "  --image-tokens N         soft-token budget per image: 70, 140, 280, 560 or 1120\n"
+        "                           (default %d)\n"
+        "  --dump-image-patches FILE  preprocess the first --image as transformers does and\n"
+        "                           write its 16x16 patches (f32 little-endian, 768 values in\n"
+        "                           [0, 1] per patch, row-major patches); prints \"grid WxH\"\n"
+        "                           on stderr; needs no model\n"
         "  --ids                    print generated token ids instead of text\n"
         "  --special                render control tokens in the output; with --tokenize, parse\n"
         "                           special-token strings in the input\n"
@@ -84,7 +102,7 @@ static void usage(FILE *f)
         "  --bos                    with --tokenize: prepend BOS\n"
         "  --verbose                model description, prompt ids and settings on stderr\n"
         "  --quiet                  no statistics on stderr\n",
-        DEFAULT_MAX_TOKENS, MAX_STOP);
+        DEFAULT_MAX_TOKENS, MAX_STOP, MAX_IMAGES, DEFAULT_IMAGE_TOKENS);
 }
 
 /* Returns 0, or an exit code. */
@@ -101,6 +119,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->presence = sp.presence_penalty;
     o->frequency = sp.frequency_penalty;
     o->max_tokens = DEFAULT_MAX_TOKENS;
+    o->image_tokens = DEFAULT_IMAGE_TOKENS;
 
     size_t words_len = 0;
     int first_word = -1, n_words = 0;
@@ -117,6 +136,8 @@ static int parse_args(int argc, char **argv, options *o)
             tool_opt_str(&a, "-p", "--prompt", &o->prompt) || tool_opt_str(&a, "--system", NULL, &o->system) ||
             tool_opt_str(&a, "--tokens", NULL, &o->tokens) ||
             tool_opt_str(&a, "--dump-logits", NULL, &o->dump_logits) ||
+            tool_opt_str(&a, "--dump-image-patches", NULL, &o->dump_patches) ||
+            tool_opt_long(&a, "--image-tokens", NULL, 1, 1L << 20, &o->image_tokens) ||
             tool_opt_long(&a, "--threads", "-t", 0, 1024, &o->threads) ||
             tool_opt_long(&a, "--ctx", "-c", 0, 1L << 24, &o->ctx) ||
             tool_opt_long(&a, "--batch", "-b", 0, 1L << 20, &o->batch) ||
@@ -135,6 +156,17 @@ static int parse_args(int argc, char **argv, options *o)
         }
         if (tool_opt_long(&a, "--seed", "-s", 0, (long)(~0UL >> 1), &o->seed)) {
             o->seed_set = true;
+            continue;
+        }
+        const char *image = NULL;
+        if (tool_opt_str(&a, "--image", NULL, &image)) {
+            if (a.error)
+                break;
+            if (o->n_images == MAX_IMAGES) {
+                fprintf(stderr, "%s: at most %d --image files\n", prog, MAX_IMAGES);
+                return TOOL_EXIT_USAGE;
+            }
+            o->images[o->n_images++] = image;
             continue;
         }
         if (tool_opt_str(&a, "--stop", NULL, &stop)) {
@@ -190,6 +222,29 @@ static int parse_args(int argc, char **argv, options *o)
             strcat(o->joined_prompt, argv[first_word + k]);
         }
         o->prompt = o->joined_prompt;
+    }
+    if (!gm_image_budget_valid((int)o->image_tokens)) {
+        fprintf(stderr, "%s: --image-tokens %ld: must be 70, 140, 280, 560 or 1120\n", prog,
+                o->image_tokens);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->dump_patches) {
+        /* Preprocessing only: no model, no prompt. */
+        if (!o->n_images) {
+            fprintf(stderr, "%s: --dump-image-patches needs an --image FILE\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        if (o->prompt || o->tokens || o->tokenize || o->dump_logits || o->system) {
+            fprintf(stderr, "%s: --dump-image-patches only preprocesses the image: no prompt, "
+                    "--system, --tokens, --tokenize or --dump-logits with it\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        return 0;
+    }
+    if (o->n_images) {
+        fprintf(stderr, "%s: --image: the vision encoder is not built yet; images can only be "
+                "preprocessed (--dump-image-patches FILE)\n", prog);
+        return TOOL_EXIT_USAGE;
     }
     if (!o->model) {
         fprintf(stderr, "%s: no model (-m MODEL.gguf); see --help\n", prog);
@@ -260,6 +315,81 @@ out:
     gm_tokenizer_free(tok);
     gm_gguf_close(g);
     return rc;
+}
+
+/* ---- --dump-image-patches ------------------------------------------------------------- */
+
+static int run_dump_patches(const options *o)
+{
+    const char *path = o->images[0];
+    gm_error err = { 0 };
+    FILE *in = fopen(path, "rb");
+    if (!in) {
+        fprintf(stderr, "%s: %s: cannot open: %s\n", prog, path, strerror(errno));
+        return TOOL_EXIT_LOAD;
+    }
+    size_t len = 0;
+    uint8_t *data = (uint8_t *)tool_read_all(in, &len);
+    fclose(in);
+    if (!data) {
+        fprintf(stderr, "%s: %s: cannot read\n", prog, path);
+        return TOOL_EXIT_LOAD;
+    }
+    gm_image img = { 0 };
+    int rc = gm_image_decode(data, len, NULL, &img, &err);
+    free(data);
+    if (rc != GM_OK) {
+        fprintf(stderr, "%s: %s: %s\n", prog, path, err.msg);
+        return TOOL_EXIT_LOAD;
+    }
+    gm_image_patches p;
+    double t0 = tool_now();
+    rc = gm_image_preprocess(&img, (int)o->image_tokens, &p, &err);
+    double pre_s = tool_now() - t0;
+    uint32_t iw = img.width, ih = img.height;
+    gm_image_free(&img);
+    if (rc != GM_OK) {
+        fprintf(stderr, "%s: %s: %s\n", prog, path, err.msg);
+        return TOOL_EXIT_RUNTIME;
+    }
+
+    int exit_code = TOOL_EXIT_OK;
+    FILE *f = fopen(o->dump_patches, "wb");
+    if (!f) {
+        fprintf(stderr, "%s: %s: cannot create: %s\n", prog, o->dump_patches, strerror(errno));
+        gm_image_patches_free(&p);
+        return TOOL_EXIT_RUNTIME;
+    }
+    /* One patch row at a time, as little-endian bytes whatever the host order. */
+    unsigned char row[GM_IMAGE_PATCH_VALUES * 4];
+    for (uint32_t i = 0; i < p.n_patches && exit_code == TOOL_EXIT_OK; i++) {
+        const float *v = p.values + (size_t)i * GM_IMAGE_PATCH_VALUES;
+        for (size_t k = 0; k < GM_IMAGE_PATCH_VALUES; k++) {
+            uint32_t u;
+            memcpy(&u, &v[k], sizeof u);
+            row[4 * k + 0] = (unsigned char)u;
+            row[4 * k + 1] = (unsigned char)(u >> 8);
+            row[4 * k + 2] = (unsigned char)(u >> 16);
+            row[4 * k + 3] = (unsigned char)(u >> 24);
+        }
+        if (fwrite(row, 1, sizeof row, f) != sizeof row)
+            exit_code = TOOL_EXIT_RUNTIME;
+    }
+    if (fclose(f) != 0)
+        exit_code = TOOL_EXIT_RUNTIME;
+    if (exit_code != TOOL_EXIT_OK) {
+        fprintf(stderr, "%s: %s: write failed: %s\n", prog, o->dump_patches, strerror(errno));
+        unlink(o->dump_patches);
+    } else {
+        fprintf(stderr, "grid %ux%u\n", p.grid_w, p.grid_h);
+        if (o->verbose)
+            fprintf(stderr, "%s: %s: %ux%u -> %ux%u pixels, %u patches, %u soft tokens "
+                    "(budget %ld), preprocess %.1f ms\n", prog, path, iw, ih,
+                    p.grid_w * GM_IMAGE_PATCH, p.grid_h * GM_IMAGE_PATCH, p.n_patches,
+                    p.n_soft_tokens, o->image_tokens, pre_s * 1e3);
+    }
+    gm_image_patches_free(&p);
+    return exit_code;
 }
 
 /* ---- prompt ---------------------------------------------------------------------------- */
@@ -397,6 +527,11 @@ int main(int argc, char **argv)
     options o;
     int rc = parse_args(argc, argv, &o);
     if (rc != 0) {
+        free(o.joined_prompt);
+        return rc;
+    }
+    if (o.dump_patches) {
+        rc = run_dump_patches(&o);
         free(o.joined_prompt);
         return rc;
     }

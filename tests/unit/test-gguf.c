@@ -29,19 +29,6 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    uint8_t *p = malloc(n > 0 ? (size_t)n : 1);
-    *len = fread(p, 1, (size_t)n, f);
-    fclose(f);
-    return p;
-}
 
 static bool str_eq(gm_gguf_str s, const char *c)
 {
@@ -383,7 +370,7 @@ static void test_roundtrip(uint32_t alignment)
     CHECKF(rc == GM_OK, "finish: %s", err.msg);
     gm_gguf_writer_free(w);
     size_t n1 = 0, n2 = 0;
-    uint8_t *a = read_file(tmp_path(name), &n1), *b = read_file(tmp_path(sname), &n2);
+    uint8_t *a = gm_test_read_file(tmp_path(name), &n1), *b = gm_test_read_file(tmp_path(sname), &n2);
     CHECK(a && b && n1 == n2 && memcmp(a, b, n1) == 0);
     /* every tensor's data is padded, so the file ends on an alignment boundary */
     CHECK(n1 % alignment == 0);
@@ -402,7 +389,7 @@ static void test_roundtrip(uint32_t alignment)
     CHECKF(rc == GM_OK, "finish: %s", err.msg);
     gm_gguf_writer_free(w);
     size_t n3 = 0;
-    uint8_t *c = read_file(tmp_path(pname), &n3);
+    uint8_t *c = gm_test_read_file(tmp_path(pname), &n3);
     CHECK(a && c && n1 == n3 && memcmp(a, c, n1) == 0);
     free(c);
 
@@ -716,7 +703,7 @@ static void test_vocab(void)
 
     /* A few cuts through the big arrays must fail cleanly. */
     size_t n = 0;
-    uint8_t *all = read_file(gm_test_data("ggml-vocab-gemma-4.gguf"), &n);
+    uint8_t *all = gm_test_read_file(gm_test_data("ggml-vocab-gemma-4.gguf"), &n);
     if (all) {
         const size_t cuts[] = { 100, n / 3, n / 2, n - 1 };
         for (size_t i = 0; i < 4; i++) {
@@ -1119,7 +1106,7 @@ static void test_truncation_and_mutation(void)
     CHECK(gm_gguf_writer_write(w, tmp_path("small.gguf"), &err) == GM_OK);
     gm_gguf_writer_free(w);
     size_t n = 0;
-    uint8_t *file = read_file(tmp_path("small.gguf"), &n);
+    uint8_t *file = gm_test_read_file(tmp_path("small.gguf"), &n);
     CHECK(file && n > 64);
     if (!file)
         return;

@@ -15,26 +15,6 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    fclose(f);
-    if (s) {
-        s[n] = '\0';
-        *len = (size_t)n;
-    }
-    return s;
-}
 
 static gm_tokens tok_str(const gm_tokenizer *tok, const char *s, size_t n, bool bos, bool special)
 {
@@ -58,8 +38,8 @@ static void print_ids(const char *what, const int32_t *ids, size_t n)
 static void test_reference(const gm_tokenizer *tok)
 {
     size_t ni, no;
-    char *inp = read_file(gm_test_data("ggml-vocab-gemma-4.gguf.inp"), &ni);
-    char *out = read_file(gm_test_data("ggml-vocab-gemma-4.gguf.out"), &no);
+    char *inp = gm_test_read_file(gm_test_data("ggml-vocab-gemma-4.gguf.inp"), &ni);
+    char *out = gm_test_read_file(gm_test_data("ggml-vocab-gemma-4.gguf.out"), &no);
     CHECK(inp && out);
     if (!inp || !out) {
         free(inp);
@@ -341,7 +321,7 @@ static void check_roundtrip(const gm_tokenizer *tok, const char *s, size_t n, bo
 static void test_extra_file(const gm_tokenizer *tok, const gm_gguf *g)
 {
     size_t ni;
-    char *inp = read_file(gm_test_data("tokenizer-extra/hard-cases.inp"), &ni);
+    char *inp = gm_test_read_file(gm_test_data("tokenizer-extra/hard-cases.inp"), &ni);
     CHECK(inp != NULL);
     if (!inp)
         return;

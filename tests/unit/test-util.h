@@ -37,6 +37,29 @@ static inline const char *gm_test_data(const char *name)
     return buf;
 }
 
+/* Reads a whole file (malloc'd, with a NUL after the last byte so text can be used as a
+ * string); NULL when it cannot be opened or read. */
+static inline void *gm_test_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = '\0';
+        *len = (size_t)n;
+    }
+    return buf;
+}
+
 static inline int gm_test_finish(void)
 {
     printf("%d passed, %d failed\n", gm_test_passed, gm_test_failed);
