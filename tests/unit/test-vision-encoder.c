@@ -1,0 +1,285 @@
+/* test-vision-encoder.c — the gemma4v encoder against transformers 5.17.0
+ * (tests/conformance/vision-tower: soft tokens and every checkpoint, both cases, both
+ * images), plus load errors on broken files and bad patch input. */
+#define GM_TEST_RERUN_ISAS
+#include "test-util.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/gguf.h"
+#include "core/pool.h"
+#include "core/quant.h"
+#include "vision/vision-encoder.h"
+
+/* Fixture layout (tests/conformance/vision-tower/meta.json): two images concatenated. */
+#define N_IMG 2
+#define PATCH_VALS 768
+static const uint32_t grid[N_IMG][2] = { { 9, 6 }, { 6, 12 } };
+static const uint32_t patch_row0[N_IMG] = { 0, 54 };
+static const uint32_t token_row0[N_IMG] = { 0, 6 };
+#define N_PATCH 126
+#define N_TOK 14
+#define TEXT_W 64
+#define TOL 1e-3
+
+static const char *conf_dir(void)
+{
+    const char *d = getenv("GEMMAD_CONFORMANCE_DIR");
+    return d ? d : "tests/conformance";
+}
+
+static double rel_frob(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static float *inputs;       /* patches [126][768] then positions i32 [126][2] */
+static const int32_t *positions;
+
+static void image_patches(int im, gm_image_patches *p)
+{
+    p->grid_w = grid[im][0];
+    p->grid_h = grid[im][1];
+    p->n_patches = p->grid_w * p->grid_h;
+    p->n_soft_tokens = (p->grid_w / 3) * (p->grid_h / 3);
+    p->values = inputs + (size_t)patch_row0[im] * PATCH_VALS;
+    p->pos = (int32_t *)positions + (size_t)patch_row0[im] * 2;
+}
+
+static void run_case(const char *name, gm_pool *pool)
+{
+    char path[4096];
+    gm_error err = { 0 };
+    snprintf(path, sizeof path, "%s/vision-tower/%s.gguf", conf_dir(), name);
+    gm_vision_model *m = gm_vision_model_load(path, &err);
+    CHECKF(m != NULL, "load %s: %s", path, err.msg);
+    if (!m)
+        return;
+    CHECK_EQ_INT(gm_vision_model_projection_dim(m), TEXT_W);
+    const size_t H = gm_vision_model_hidden(m);
+
+    snprintf(path, sizeof path, "%s/vision-tower/%s.bin", conf_dir(), name);
+    size_t len = 0;
+    float *ref = gm_test_read_file(path, &len);
+    /* soft_tokens, vision_out, pooled [14 rows], encoder_out, layer0, patch_embd [126 rows] */
+    const size_t want = (N_TOK * TEXT_W + 2 * N_TOK * H + 3 * N_PATCH * H) * sizeof(float);
+    CHECKF(ref && len == want, "%s: %zu bytes, expected %zu", path, len, want);
+    if (!ref || len != want) {
+        free(ref);
+        gm_vision_model_free(m);
+        return;
+    }
+    const float *r_soft = ref, *r_vis = r_soft + N_TOK * TEXT_W, *r_pool = r_vis + N_TOK * H;
+    const float *r_enc = r_pool + N_TOK * H, *r_l0 = r_enc + N_PATCH * H, *r_pe = r_l0 + N_PATCH * H;
+
+    float *soft = calloc(N_TOK * TEXT_W, sizeof(float));
+    float *vis = calloc(N_TOK * H, sizeof(float)), *pooled = calloc(N_TOK * H, sizeof(float));
+    float *enc = calloc(N_PATCH * H, sizeof(float)), *l0 = calloc(N_PATCH * H, sizeof(float));
+    float *pe = calloc(N_PATCH * H, sizeof(float));
+    for (int im = 0; im < N_IMG; im++) {
+        gm_image_patches p;
+        image_patches(im, &p);
+        gm_vision_checkpoints ck = {
+            .patch_embd = pe + patch_row0[im] * H, .layer0 = l0 + patch_row0[im] * H,
+            .encoder_out = enc + patch_row0[im] * H, .pooled = pooled + token_row0[im] * H,
+            .vision_out = vis + token_row0[im] * H,
+        };
+        int rc = gm_vision_encode_checkpoints(m, pool, &p, soft + token_row0[im] * TEXT_W, &ck, &err);
+        CHECKF(rc == GM_OK, "%s image %d: %s", name, im, err.msg);
+    }
+    struct { const char *what; const float *got, *want; size_t n; } cmp[] = {
+        { "patch_embd", pe, r_pe, N_PATCH * H }, { "layer0", l0, r_l0, N_PATCH * H },
+        { "encoder_out", enc, r_enc, N_PATCH * H }, { "pooled", pooled, r_pool, N_TOK * H },
+        { "vision_out", vis, r_vis, N_TOK * H }, { "soft_tokens", soft, r_soft, N_TOK * TEXT_W },
+    };
+    for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
+        double e = rel_frob(cmp[i].got, cmp[i].want, cmp[i].n);
+        printf("%s %s%s: rel frobenius %.3g\n", name, cmp[i].what, pool ? " (pool)" : "", e);
+        CHECKF(e <= TOL, "%s %s: rel frobenius %.3g > %g", name, cmp[i].what, e, TOL);
+    }
+    /* The plain entry point gives the same soft tokens. */
+    gm_image_patches p;
+    image_patches(1, &p);
+    float *again = calloc(8 * TEXT_W, sizeof(float));
+    CHECK(gm_vision_encode(m, pool, &p, again, &err) == GM_OK);
+    CHECK(rel_frob(again, soft + 6 * TEXT_W, 8 * TEXT_W) == 0.0);
+    free(again);
+    free(soft);
+    free(vis);
+    free(pooled);
+    free(enc);
+    free(l0);
+    free(pe);
+    free(ref);
+    gm_vision_model_free(m);
+}
+
+/* Copies the e-clipped file, leaving out tensor `drop` or giving tensor `reshape` one
+ * fewer element in ne[0]; loading must fail with a message naming that tensor. */
+static void broken_file(const char *drop, const char *reshape, const char *expect)
+{
+    char src[4096], dst[4096];
+    gm_error err = { 0 };
+    snprintf(src, sizeof src, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    snprintf(dst, sizeof dst, "/tmp/test-vision-encoder-%d.gguf", (int)getpid());
+    gm_gguf *g = gm_gguf_open(src, &err);
+    CHECKF(g != NULL, "%s", err.msg);
+    if (!g)
+        return;
+    gm_gguf_writer *w = gm_gguf_writer_new();
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        gm_gguf_add_kv_from(w, g, &g->kv[i]);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gm_gguf_tensor *t = &g->tensors[i];
+        if (drop && strcmp(t->name, drop) == 0)
+            continue;
+        int64_t ne[GM_GGUF_MAX_DIMS];
+        memcpy(ne, t->ne, sizeof ne);
+        if (reshape && strcmp(t->name, reshape) == 0)
+            ne[0] -= 1; /* the data is larger than needed; only the shape matters */
+        CHECK(gm_gguf_add_tensor(w, t->name, t->type, t->n_dims, ne, t->data, &err) == GM_OK);
+    }
+    CHECKF(gm_gguf_writer_write(w, dst, &err) == GM_OK, "%s", err.msg);
+    gm_gguf_writer_free(w);
+    gm_gguf_close(g);
+    gm_error_clear(&err);
+    gm_vision_model *m = gm_vision_model_load(dst, &err);
+    CHECKF(m == NULL, "loading without/with reshaped %s succeeded", drop ? drop : reshape);
+    CHECKF(err.code != GM_OK && strstr(err.msg, expect) && strstr(err.msg, dst),
+           "error does not name %s and the file: %s", expect, err.msg);
+    gm_vision_model_free(m);
+    unlink(dst);
+}
+
+/* The same model with its 2-D weight matrices as mtype (the patch kernel as F16) and every
+ * vector/table as BF16 (the fixture's values are bf16-representable, so BF16 is exact and
+ * F16 loses only a few subnormals): the loader's conversions and gm_matmul's kernels for
+ * those types must give the F32 file's soft tokens within tol. */
+static void converted_copy(gm_type mtype, double tol)
+{
+    char src[4096], dst[4096];
+    gm_error err = { 0 };
+    snprintf(src, sizeof src, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    snprintf(dst, sizeof dst, "/tmp/test-vision-encoder-half-%d.gguf", (int)getpid());
+    gm_gguf *g = gm_gguf_open(src, &err);
+    CHECKF(g != NULL, "%s", err.msg);
+    if (!g)
+        return;
+    gm_gguf_writer *w = gm_gguf_writer_new();
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        gm_gguf_add_kv_from(w, g, &g->kv[i]);
+    int n_half = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gm_gguf_tensor *t = &g->tensors[i];
+        int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        const float *f = t->data;
+        if (t->type != GM_TYPE_F32 || n == 1) { /* clamp scalars stay F32 */
+            CHECK(gm_gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err) == GM_OK);
+            continue;
+        }
+        bool matrix = t->n_dims >= 2 && strcmp(t->name, "v.position_embd.weight") != 0;
+        /* Block types need whole blocks per row: the 4-D patch kernel stays F16. */
+        gm_type type = !matrix ? GM_TYPE_BF16 : (t->n_dims == 2 ? mtype : GM_TYPE_F16);
+        void *h = malloc(gm_row_size(type, t->ne[0]) * (size_t)(n / t->ne[0]));
+        if (type == GM_TYPE_BF16 || type == GM_TYPE_F16) {
+            uint16_t *u = h;
+            for (int64_t j = 0; j < n; j++)
+                u[j] = type == GM_TYPE_F16 ? gm_fp32_to_fp16(f[j]) : gm_fp32_to_bf16(f[j]);
+        } else {
+            size_t rb = gm_row_size(type, t->ne[0]);
+            for (int64_t r = 0; r < n / t->ne[0]; r++)
+                CHECK(gm_quantize_row(type, f + r * t->ne[0], (char *)h + r * rb, t->ne[0]) == 0);
+        }
+        n_half++;
+        CHECK(gm_gguf_add_tensor(w, t->name, type, t->n_dims, t->ne, h, &err) == GM_OK);
+        free(h);
+    }
+    CHECK_EQ_INT(n_half, 29); /* 3 + 2 layers × (7 matrices + 6 vectors) */
+    CHECKF(gm_gguf_writer_write(w, dst, &err) == GM_OK, "%s", err.msg);
+    gm_gguf_writer_free(w);
+    gm_gguf_close(g);
+
+    gm_vision_model *a = gm_vision_model_load(src, &err);
+    gm_vision_model *b = gm_vision_model_load(dst, &err);
+    CHECKF(a && b, "load: %s", err.msg);
+    if (a && b) {
+        gm_image_patches p;
+        image_patches(1, &p);
+        float sa[8 * TEXT_W], sb[8 * TEXT_W];
+        CHECK(gm_vision_encode(a, NULL, &p, sa, &err) == GM_OK);
+        CHECK(gm_vision_encode(b, NULL, &p, sb, &err) == GM_OK);
+        double e = rel_frob(sb, sa, 8 * TEXT_W);
+        printf("e-clipped with %s matrices vs F32: rel frobenius %.3g\n", gm_type_name(mtype), e);
+        CHECKF(e <= tol, "%s copy differs by %.3g", gm_type_name(mtype), e);
+    }
+    gm_vision_model_free(a);
+    gm_vision_model_free(b);
+    unlink(dst);
+}
+
+static void bad_input(void)
+{
+    char path[4096];
+    gm_error err = { 0 };
+    snprintf(path, sizeof path, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    gm_vision_model *m = gm_vision_model_load(path, &err);
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    gm_image_patches p;
+    image_patches(0, &p);
+    float out[6 * TEXT_W];
+    int32_t pos[54 * 2];
+    memcpy(pos, p.pos, sizeof pos);
+    p.pos = pos;
+    pos[2 * 10] = 40; /* beyond the grid and the 24-entry table */
+    CHECK(gm_vision_encode(m, NULL, &p, out, &err) == GM_ERR_INVALID);
+    pos[2 * 10] = 3; /* patch (1, 1) moved onto (3, 0): cell 0 short, cell 1 over */
+    pos[2 * 10 + 1] = 0;
+    CHECKF(gm_vision_encode(m, NULL, &p, out, &err) == GM_ERR_INVALID, "%s", err.msg);
+    image_patches(0, &p);
+    p.n_soft_tokens = 7;
+    CHECK(gm_vision_encode(m, NULL, &p, out, &err) == GM_ERR_INVALID);
+    gm_vision_model_free(m);
+}
+
+int main(int argc, char **argv)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/vision-tower/inputs.bin", conf_dir());
+    size_t len = 0;
+    inputs = gm_test_read_file(path, &len);
+    const size_t want = (size_t)N_PATCH * PATCH_VALS * 4 + (size_t)N_PATCH * 2 * 4;
+    CHECKF(inputs && len == want, "%s: %zu bytes, expected %zu", path, len, want);
+    if (!inputs || len != want)
+        return gm_test_finish();
+    positions = (const int32_t *)(inputs + (size_t)N_PATCH * PATCH_VALS);
+
+    run_case("e-clipped", NULL);
+    run_case("large-std", NULL);
+    gm_pool *pool = gm_pool_create(2);
+    run_case("e-clipped", pool);
+    run_case("large-std", pool);
+    gm_pool_destroy(pool);
+
+    broken_file("v.blk.1.ffn_down.weight", NULL, "v.blk.1.ffn_down.weight");
+    broken_file("v.position_embd.weight", NULL, "v.position_embd.weight");
+    broken_file(NULL, "v.blk.0.attn_q_norm.weight", "v.blk.0.attn_q_norm.weight");
+    broken_file(NULL, "v.blk.0.attn_k.weight", "v.blk.0.attn_k.weight");
+    bad_input();
+    converted_copy(GM_TYPE_F16, TOL);
+    converted_copy(GM_TYPE_Q8_0, 3e-2); /* activations are quantized to Q8_0 too */
+    free(inputs);
+    (void)argc;
+    int rc = gm_test_finish();
+    if (!getenv("GEMMAD_ISA") && gm_test_rerun_lower_isas("test-vision-encoder", argv))
+        rc = 1;
+    return rc;
+}

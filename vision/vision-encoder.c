@@ -1,0 +1,521 @@
+/* vision-encoder.c — gemma4v vision tower + embedder (see vision-encoder.h).
+ *
+ * Per image: patch embedding (pixels 2p−1, conv kernel as a [H, 3·16·16] matrix in CHW
+ * order) + x/y position tables; encoder layers with sandwich RMSNorms, clamped linears,
+ * per-head q/k RMSNorm (weighted), v RMSNorm (weightless), 2-D NeoX RoPE (theta 100, first
+ * half of each head by column, second by row), scale-1 bidirectional attention, gated
+ * GELU-tanh MLP; 3×3 average pooling × sqrt(H); optional standardisation; weightless
+ * RMSNorm; projection to the text width.
+ */
+#include "vision-encoder.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/gguf.h"
+#include "core/kernels.h"
+#include "core/ops.h"
+
+#define VT_PATCH 16
+#define VT_POOL 3
+#define VT_ROPE_THETA 100.0
+
+typedef struct vt_linear {
+    gm_matrix w;
+    float in_min, in_max, out_min, out_max; /* ±FLT_MAX when the file has no clamp */
+    bool clamp_in, clamp_out;
+} vt_linear;
+
+typedef struct vt_layer {
+    float *ln1, *q_norm, *k_norm, *attn_post_norm, *ln2, *ffn_post_norm;
+    vt_linear q, k, v, o, gate, up, down;
+} vt_layer;
+
+struct gm_vision_model {
+    gm_gguf *g;
+    uint32_t n_embd, n_ff, n_layer, n_head, head_dim, proj_dim, pos_size;
+    float eps;
+    gm_matrix patch_embd;  /* rows H, cols 768 (CHW) */
+    float *pos_embd;       /* [2][pos_size][H], x table first */
+    float *std_bias, *std_scale; /* NULL without standardisation */
+    gm_matrix proj;        /* rows proj_dim, cols H */
+    float *inv_freq;       /* head_dim / 4 frequencies per axis */
+    vt_layer *layers;
+};
+
+/* ---- loading ---------------------------------------------------------------------- */
+
+static const gm_gguf_tensor *vt_tensor(const gm_gguf *g, const char *name, uint32_t n_dims,
+                                       const int64_t *ne, gm_error *err)
+{
+    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
+    if (!t) {
+        gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < GM_GGUF_MAX_DIMS; i++) {
+        int64_t want = i < n_dims ? ne[i] : 1;
+        if (t->ne[i] != want) {
+            gm_set_error(err, GM_ERR_FORMAT,
+                         "%s: tensor %s has shape {%lld,%lld,%lld,%lld}, expected %u dims {%lld,%lld,%lld}",
+                         g->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                         (long long)t->ne[2], (long long)t->ne[3], n_dims, (long long)ne[0],
+                         (long long)(n_dims > 1 ? ne[1] : 1), (long long)(n_dims > 2 ? ne[2] : 1));
+            return NULL;
+        }
+    }
+    return t;
+}
+
+/* Small tensors (norms, tables, clamps) as a malloc'd float copy: F32, F16 or BF16. */
+static float *vt_floats(const gm_gguf *g, const char *name, uint32_t n_dims, const int64_t *ne,
+                        gm_error *err)
+{
+    const gm_gguf_tensor *t = vt_tensor(g, name, n_dims, ne, err);
+    if (!t)
+        return NULL;
+    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    float *out = malloc((size_t)n * sizeof *out);
+    if (!out) {
+        gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory for %s", g->path, name);
+        return NULL;
+    }
+    if (t->type == GM_TYPE_F32) {
+        memcpy(out, t->data, (size_t)n * sizeof *out);
+    } else if (t->type == GM_TYPE_F16) {
+        const gm_fp16 *s = t->data;
+        for (int64_t i = 0; i < n; i++)
+            out[i] = gm_fp16_to_fp32(s[i]);
+    } else if (t->type == GM_TYPE_BF16) {
+        const gm_bf16 *s = t->data;
+        for (int64_t i = 0; i < n; i++)
+            out[i] = gm_bf16_to_fp32(s[i]);
+    } else {
+        free(out);
+        gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has type %s (want F32/F16/BF16)",
+                     g->path, name, gm_type_name(t->type));
+        return NULL;
+    }
+    return out;
+}
+
+static int vt_matrix(const gm_gguf *g, const char *name, int64_t rows, int64_t cols,
+                     gm_matrix *m, gm_error *err)
+{
+    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
+    if (!t)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
+    /* The patch kernel is {16,16,3,H}: any shape whose leading dims multiply to cols. */
+    int64_t inner = 1;
+    uint32_t d = 0;
+    while (d < GM_GGUF_MAX_DIMS && inner < cols)
+        inner *= t->ne[d++];
+    int64_t outer = 1;
+    for (; d < GM_GGUF_MAX_DIMS; d++)
+        outer *= t->ne[d];
+    if (inner != cols || outer != rows || (cols != t->ne[0] && t->type != GM_TYPE_F32 &&
+                                            t->type != GM_TYPE_F16 && t->type != GM_TYPE_BF16))
+        return gm_set_error(err, GM_ERR_FORMAT,
+                            "%s: tensor %s has shape {%lld,%lld,%lld,%lld}, expected %lld inputs × %lld outputs",
+                            g->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                            (long long)t->ne[2], (long long)t->ne[3], (long long)cols,
+                            (long long)rows);
+    if (!gm_matmul_supports(t->type))
+        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has unsupported type %s",
+                            g->path, name, gm_type_name(t->type));
+    m->type = t->type;
+    m->rows = rows;
+    m->cols = cols;
+    m->row_bytes = gm_row_size(t->type, cols);
+    m->data = t->data;
+    m->name = t->name;
+    if (m->row_bytes * (uint64_t)rows > t->nbytes)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor %s is too small", g->path, name);
+    return GM_OK;
+}
+
+/* A clamp scalar {1}; absent = no clamp. */
+static int vt_clamp(const gm_gguf *g, const char *name, float dflt, float *out, bool *present,
+                    gm_error *err)
+{
+    *out = dflt;
+    if (!gm_gguf_find_tensor(g, name))
+        return GM_OK;
+    const int64_t one[1] = { 1 };
+    float *v = vt_floats(g, name, 1, one, err);
+    if (!v)
+        return err ? err->code : GM_ERR_FORMAT;
+    *out = v[0];
+    *present = true;
+    free(v);
+    return GM_OK;
+}
+
+static int vt_load_linear(const gm_gguf *g, const char *base, int64_t rows, int64_t cols,
+                          vt_linear *l, gm_error *err)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", base);
+    int rc = vt_matrix(g, name, rows, cols, &l->w, err);
+    static const char *const sfx[4] = { "input_min", "input_max", "output_min", "output_max" };
+    float *dst[4] = { &l->in_min, &l->in_max, &l->out_min, &l->out_max };
+    bool *pres[4] = { &l->clamp_in, &l->clamp_in, &l->clamp_out, &l->clamp_out };
+    for (int i = 0; i < 4 && rc == GM_OK; i++) {
+        snprintf(name, sizeof name, "%s.%s", base, sfx[i]);
+        rc = vt_clamp(g, name, (i % 2) ? FLT_MAX : -FLT_MAX, dst[i], pres[i], err);
+    }
+    return rc;
+}
+
+void gm_vision_model_free(gm_vision_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (uint32_t i = 0; i < m->n_layer; i++) {
+            vt_layer *L = &m->layers[i];
+            free(L->ln1);
+            free(L->q_norm);
+            free(L->k_norm);
+            free(L->attn_post_norm);
+            free(L->ln2);
+            free(L->ffn_post_norm);
+        }
+        free(m->layers);
+    }
+    free(m->pos_embd);
+    free(m->std_bias);
+    free(m->std_scale);
+    free(m->inv_freq);
+    gm_gguf_close(m->g);
+    free(m);
+}
+
+static int vt_load(gm_vision_model *m, gm_error *err)
+{
+    gm_gguf *g = m->g;
+    char *s = NULL;
+    int rc = gm_gguf_get_str(g, "clip.vision.projector_type", &s, err);
+    if (rc != GM_OK) {
+        /* Files with a single modality may only have clip.projector_type. */
+        gm_error_clear(err);
+        rc = gm_gguf_get_str(g, "clip.projector_type", &s, err);
+        if (rc != GM_OK)
+            return rc;
+    }
+    bool ok = strcmp(s, "gemma4v") == 0;
+    if (!ok)
+        gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: projector_type %s is not gemma4v", g->path, s);
+    free(s);
+    if (!ok)
+        return GM_ERR_UNSUPPORTED;
+    uint32_t patch = 0, pool = VT_POOL;
+    if ((rc = gm_gguf_get_u32(g, "clip.vision.embedding_length", &m->n_embd, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.vision.feed_forward_length", &m->n_ff, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.vision.block_count", &m->n_layer, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.vision.attention.head_count", &m->n_head, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.vision.patch_size", &patch, err)) ||
+        (rc = gm_gguf_get_f32(g, "clip.vision.attention.layer_norm_epsilon", &m->eps, err)) ||
+        (rc = gm_gguf_get_u32_opt(g, "clip.vision.projector.scale_factor", &pool, err)))
+        return rc;
+    if (patch != VT_PATCH || pool != VT_POOL)
+        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: patch_size %u / pooling %u (want 16 / 3)",
+                            g->path, patch, pool);
+    if (m->n_embd == 0 || m->n_head == 0 || m->n_embd % m->n_head || m->n_ff == 0 ||
+        (m->n_embd / m->n_head) % 4 || m->n_layer > 4096 || m->n_embd > (1u << 16) ||
+        m->n_ff > (1u << 20))
+        return gm_set_error(err, GM_ERR_FORMAT,
+                            "%s: bad clip.vision sizes (embedding_length %u, head_count %u, feed_forward_length %u, block_count %u)",
+                            g->path, m->n_embd, m->n_head, m->n_ff, m->n_layer);
+    m->head_dim = m->n_embd / m->n_head;
+    const int64_t H = m->n_embd, F = m->n_ff;
+
+    if ((rc = vt_matrix(g, "v.patch_embd.weight", H, 3 * VT_PATCH * VT_PATCH, &m->patch_embd, err)))
+        return rc;
+    const gm_gguf_tensor *pt = gm_gguf_find_tensor(g, "v.position_embd.weight");
+    if (!pt)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor v.position_embd.weight", g->path);
+    if (pt->ne[1] <= 0 || pt->ne[1] > 65536)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor v.position_embd.weight has bad table size %lld",
+                            g->path, (long long)pt->ne[1]);
+    m->pos_size = (uint32_t)pt->ne[1];
+    const int64_t pne[3] = { H, m->pos_size, 2 };
+    if (!(m->pos_embd = vt_floats(g, "v.position_embd.weight", 3, pne, err)))
+        return err ? err->code : GM_ERR_FORMAT;
+
+    const int64_t hne[1] = { H };
+    if (gm_gguf_find_tensor(g, "v.std_bias") || gm_gguf_find_tensor(g, "v.std_scale")) {
+        if (!(m->std_bias = vt_floats(g, "v.std_bias", 1, hne, err)) ||
+            !(m->std_scale = vt_floats(g, "v.std_scale", 1, hne, err)))
+            return err ? err->code : GM_ERR_FORMAT;
+    }
+    const gm_gguf_tensor *pj = gm_gguf_find_tensor(g, "mm.input_projection.weight");
+    if (!pj)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor mm.input_projection.weight", g->path);
+    if (pj->ne[1] <= 0 || pj->ne[1] > (1 << 20))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor mm.input_projection.weight has bad shape", g->path);
+    m->proj_dim = (uint32_t)pj->ne[1];
+    uint32_t kd = 0;
+    if ((rc = gm_gguf_get_u32_opt(g, "clip.vision.projection_dim", &kd, err)))
+        return rc;
+    if (kd && kd != m->proj_dim)
+        return gm_set_error(err, GM_ERR_FORMAT,
+                            "%s: clip.vision.projection_dim %u but mm.input_projection.weight has %u outputs",
+                            g->path, kd, m->proj_dim);
+    if ((rc = vt_matrix(g, "mm.input_projection.weight", m->proj_dim, H, &m->proj, err)))
+        return rc;
+
+    /* 2-D RoPE: each axis rotates head_dim/2 dims as NeoX pairs with head_dim/4 freqs. */
+    uint32_t half = m->head_dim / 2, nf = half / 2;
+    if (!(m->inv_freq = malloc(nf * sizeof *m->inv_freq)))
+        return gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", g->path);
+    for (uint32_t i = 0; i < nf; i++)
+        m->inv_freq[i] = (float)pow(VT_ROPE_THETA, -2.0 * i / (double)half);
+
+    if (!(m->layers = calloc(m->n_layer ? m->n_layer : 1, sizeof *m->layers)))
+        return gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", g->path);
+    const int64_t dne[1] = { m->head_dim };
+    for (uint32_t il = 0; il < m->n_layer; il++) {
+        vt_layer *L = &m->layers[il];
+        char name[256];
+#define VT_VEC(field, sfx, ne)                                                              \
+        snprintf(name, sizeof name, "v.blk.%u." sfx, il);                                    \
+        if (!(L->field = vt_floats(g, name, 1, ne, err)))                                    \
+            return err ? err->code : GM_ERR_FORMAT;
+        VT_VEC(ln1, "ln1.weight", hne)
+        VT_VEC(q_norm, "attn_q_norm.weight", dne)
+        VT_VEC(k_norm, "attn_k_norm.weight", dne)
+        VT_VEC(attn_post_norm, "attn_post_norm.weight", hne)
+        VT_VEC(ln2, "ln2.weight", hne)
+        VT_VEC(ffn_post_norm, "ffn_post_norm.weight", hne)
+#undef VT_VEC
+#define VT_LIN(field, sfx, rows, cols)                                                      \
+        snprintf(name, sizeof name, "v.blk.%u." sfx, il);                                    \
+        if ((rc = vt_load_linear(g, name, rows, cols, &L->field, err)))                      \
+            return rc;
+        VT_LIN(q, "attn_q", H, H)
+        VT_LIN(k, "attn_k", H, H)
+        VT_LIN(v, "attn_v", H, H)
+        VT_LIN(o, "attn_out", H, H)
+        VT_LIN(gate, "ffn_gate", F, H)
+        VT_LIN(up, "ffn_up", F, H)
+        VT_LIN(down, "ffn_down", H, F)
+#undef VT_LIN
+    }
+    return GM_OK;
+}
+
+gm_vision_model *gm_vision_model_load(const char *mmproj_path, gm_error *err)
+{
+    gm_vision_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", mmproj_path);
+        return NULL;
+    }
+    if (!(m->g = gm_gguf_open(mmproj_path, err)) || vt_load(m, err) != GM_OK) {
+        gm_vision_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+uint32_t gm_vision_model_projection_dim(const gm_vision_model *m) { return m->proj_dim; }
+uint32_t gm_vision_model_hidden(const gm_vision_model *m) { return m->n_embd; }
+
+/* ---- forward ---------------------------------------------------------------------- */
+
+static void vt_clampv(float *x, int64_t n, float lo, float hi)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
+}
+
+/* y = clamp_out(W · clamp_in(x)); tmp holds n × cols floats when the input is clamped. */
+static void vt_linear_apply(gm_pool *pool, const vt_linear *l, const float *x, int64_t n,
+                            float *tmp, float *y)
+{
+    const int64_t cols = l->w.cols, rows = l->w.rows;
+    if (l->clamp_in) {
+        memcpy(tmp, x, (size_t)(n * cols) * sizeof *tmp);
+        vt_clampv(tmp, n * cols, l->in_min, l->in_max);
+        x = tmp;
+    }
+    gm_matmul(pool, &l->w, x, n, cols, y, rows);
+    if (l->clamp_out)
+        vt_clampv(y, n * rows, l->out_min, l->out_max);
+}
+
+typedef struct vt_attn_ctx {
+    const gm_vision_model *m;
+    const float *q, *k, *v; /* n × H, head-major within a row */
+    float *o;
+    float *scores;          /* nth × n */
+    int64_t n;
+} vt_attn_ctx;
+
+static void vt_attn_worker(void *arg, int ith, int nth)
+{
+    vt_attn_ctx *c = arg;
+    const int64_t n = c->n, H = c->m->n_embd, hd = c->m->head_dim;
+    long b, e;
+    gm_pool_range((long)(n * c->m->n_head), ith, nth, &b, &e);
+    float *s = c->scores + (int64_t)ith * n;
+    for (long job = b; job < e; job++) {
+        int64_t h = job / n, i = job % n;
+        const float *qi = c->q + i * H + h * hd;
+        for (int64_t j = 0; j < n; j++)
+            s[j] = gm_vec_dot_f32(qi, c->k + j * H + h * hd, hd); /* scale 1 */
+        gm_softmax(s, n);
+        float *oi = c->o + i * H + h * hd;
+        memset(oi, 0, (size_t)hd * sizeof *oi);
+        for (int64_t j = 0; j < n; j++)
+            gm_vec_axpy(oi, s[j], c->v + j * H + h * hd, hd);
+    }
+}
+
+int gm_vision_encode_checkpoints(const gm_vision_model *m, gm_pool *pool,
+                                 const gm_image_patches *p, float *out,
+                                 const gm_vision_checkpoints *ck, gm_error *err)
+{
+    if (!m || !p || !out || !p->values || !p->pos)
+        return gm_set_error(err, GM_ERR_INVALID, "vision encode: NULL argument");
+    const uint32_t gw = p->grid_w, gh = p->grid_h;
+    const uint32_t cw = gw / VT_POOL, ntok = cw * (gh / VT_POOL);
+    if (p->n_patches == 0 || (uint64_t)gw * gh != p->n_patches || p->n_soft_tokens != ntok ||
+        ntok == 0 || p->n_patches > (1u << 20))
+        return gm_set_error(err, GM_ERR_INVALID,
+                            "vision encode: grid %ux%u, %u patches, %u soft tokens do not agree",
+                            gw, gh, p->n_patches, p->n_soft_tokens);
+    const int64_t n = p->n_patches, H = m->n_embd, F = m->n_ff, hd = m->head_dim;
+    const int64_t K = 3 * VT_PATCH * VT_PATCH;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t x = p->pos[2 * i], y = p->pos[2 * i + 1];
+        if (x < 0 || y < 0 || (uint32_t)x >= gw || (uint32_t)y >= gh ||
+            (uint32_t)x >= m->pos_size || (uint32_t)y >= m->pos_size ||
+            (uint32_t)x / VT_POOL >= cw || (uint32_t)y / VT_POOL >= gh / VT_POOL)
+            return gm_set_error(err, GM_ERR_INVALID,
+                                "vision encode: patch %lld has position (%d, %d) outside grid %ux%u / table %u",
+                                (long long)i, x, y, gw, gh, m->pos_size);
+    }
+    const int64_t W = F > K ? F : (H > K ? H : K); /* widest row */
+    int nth = pool ? gm_pool_size(pool) : 1;
+    size_t nbuf = (size_t)(n * H) * 6 + (size_t)(n * F) * 2 + (size_t)(n * W) + (size_t)nth * n +
+                  (size_t)ntok * H;
+    float *buf = malloc(nbuf * sizeof *buf);
+    int32_t *cnt = calloc(ntok, sizeof *cnt);
+    if (!buf || !cnt) {
+        free(buf);
+        free(cnt);
+        return gm_set_error(err, GM_ERR_NOMEM, "vision encode: out of memory for %lld patches",
+                            (long long)n);
+    }
+    float *h = buf, *a = h + n * H, *q = a + n * H, *k = q + n * H, *v = k + n * H, *o = v + n * H;
+    float *gate = o + n * H, *up = gate + n * F, *tmp = up + n * F, *scores = tmp + n * W;
+    float *pooled = scores + (int64_t)nth * n;
+
+    /* Patch embedding: the kernel is CHW, the processor's patches are (row, col, channel). */
+    for (int64_t i = 0; i < n; i++) {
+        const float *src = p->values + i * K;
+        float *dst = tmp + i * K;
+        for (int c = 0; c < 3; c++)
+            for (int r = 0; r < VT_PATCH * VT_PATCH; r++)
+                dst[c * VT_PATCH * VT_PATCH + r] = 2.0f * (src[r * 3 + c] - 0.5f);
+    }
+    gm_matmul(pool, &m->patch_embd, tmp, n, K, h, H);
+    for (int64_t i = 0; i < n; i++) {
+        gm_vec_add(h + i * H, m->pos_embd + (int64_t)p->pos[2 * i] * H, H);
+        gm_vec_add(h + i * H, m->pos_embd + ((int64_t)m->pos_size + p->pos[2 * i + 1]) * H, H);
+    }
+    if (ck && ck->patch_embd)
+        memcpy(ck->patch_embd, h, (size_t)(n * H) * sizeof *h);
+
+    const int64_t half = hd / 2;
+    for (uint32_t il = 0; il < m->n_layer; il++) {
+        const vt_layer *L = &m->layers[il];
+        for (int64_t i = 0; i < n; i++)
+            gm_rmsnorm(a + i * H, h + i * H, L->ln1, H, m->eps);
+        vt_linear_apply(pool, &L->q, a, n, tmp, q);
+        vt_linear_apply(pool, &L->k, a, n, tmp, k);
+        vt_linear_apply(pool, &L->v, a, n, tmp, v);
+        for (int64_t i = 0; i < n; i++) {
+            for (uint32_t hh = 0; hh < m->n_head; hh++) {
+                float *qh = q + i * H + hh * hd, *kh = k + i * H + hh * hd;
+                gm_rmsnorm(qh, qh, L->q_norm, hd, m->eps);
+                gm_rmsnorm(kh, kh, L->k_norm, hd, m->eps);
+                gm_rmsnorm(v + i * H + hh * hd, v + i * H + hh * hd, NULL, hd, m->eps);
+                for (int ax = 0; ax < 2; ax++) {
+                    gm_rope_neox(qh + ax * half, half, p->pos[2 * i + ax], m->inv_freq);
+                    gm_rope_neox(kh + ax * half, half, p->pos[2 * i + ax], m->inv_freq);
+                }
+            }
+        }
+        vt_attn_ctx ac = { .m = m, .q = q, .k = k, .v = v, .o = o, .scores = scores, .n = n };
+        if (pool)
+            gm_pool_run(pool, vt_attn_worker, &ac);
+        else
+            vt_attn_worker(&ac, 0, 1);
+        vt_linear_apply(pool, &L->o, o, n, tmp, a);
+        for (int64_t i = 0; i < n; i++) {
+            gm_rmsnorm(a + i * H, a + i * H, L->attn_post_norm, H, m->eps);
+            gm_vec_add(h + i * H, a + i * H, H);
+            gm_rmsnorm(a + i * H, h + i * H, L->ln2, H, m->eps);
+        }
+        vt_linear_apply(pool, &L->gate, a, n, tmp, gate);
+        vt_linear_apply(pool, &L->up, a, n, tmp, up);
+        gm_gelu_tanh(gate, n * F);
+        gm_vec_mul(gate, up, n * F);
+        vt_linear_apply(pool, &L->down, gate, n, tmp, a);
+        for (int64_t i = 0; i < n; i++) {
+            gm_rmsnorm(a + i * H, a + i * H, L->ffn_post_norm, H, m->eps);
+            gm_vec_add(h + i * H, a + i * H, H);
+        }
+        if (il == 0 && ck && ck->layer0)
+            memcpy(ck->layer0, h, (size_t)(n * H) * sizeof *h);
+    }
+    if (ck && ck->encoder_out)
+        memcpy(ck->encoder_out, h, (size_t)(n * H) * sizeof *h);
+
+    /* 3×3 average pooling; cells in row-major order over the pooled grid. */
+    memset(pooled, 0, (size_t)ntok * H * sizeof *pooled);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t cell = (uint32_t)p->pos[2 * i] / VT_POOL + cw * ((uint32_t)p->pos[2 * i + 1] / VT_POOL);
+        gm_vec_add(pooled + (int64_t)cell * H, h + i * H, H);
+        cnt[cell]++;
+    }
+    int rc = GM_OK;
+    const float scale = sqrtf((float)H) / (float)(VT_POOL * VT_POOL);
+    for (uint32_t t = 0; t < ntok && rc == GM_OK; t++) {
+        if (cnt[t] != VT_POOL * VT_POOL)
+            rc = gm_set_error(err, GM_ERR_INVALID,
+                              "vision encode: pooled cell %u has %d patches (positions repeat?)",
+                              t, cnt[t]);
+        gm_vec_scale(pooled + (int64_t)t * H, scale, H);
+    }
+    if (rc == GM_OK) {
+        if (ck && ck->pooled)
+            memcpy(ck->pooled, pooled, (size_t)ntok * H * sizeof *pooled);
+        if (m->std_bias) {
+            for (uint32_t t = 0; t < ntok; t++)
+                for (int64_t d = 0; d < H; d++)
+                    pooled[t * H + d] = (pooled[t * H + d] - m->std_bias[d]) * m->std_scale[d];
+        }
+        if (ck && ck->vision_out)
+            memcpy(ck->vision_out, pooled, (size_t)ntok * H * sizeof *pooled);
+        for (uint32_t t = 0; t < ntok; t++)
+            gm_rmsnorm(pooled + (int64_t)t * H, pooled + (int64_t)t * H, NULL, H, m->eps);
+        gm_matmul(pool, &m->proj, pooled, ntok, H, out, m->proj_dim);
+    }
+    free(buf);
+    free(cnt);
+    return rc;
+}
+
+int gm_vision_encode(const gm_vision_model *m, gm_pool *pool, const gm_image_patches *patches,
+                     float *soft_tokens_out, gm_error *err)
+{
+    return gm_vision_encode_checkpoints(m, pool, patches, soft_tokens_out, NULL, err);
+}
