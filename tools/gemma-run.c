@@ -242,8 +242,9 @@ static int parse_args(int argc, char **argv, options *o)
         return 0;
     }
     if (o->n_images) {
-        fprintf(stderr, "%s: --image: the vision encoder is not built yet; images can only be "
-                "preprocessed (--dump-image-patches FILE)\n", prog);
+        fprintf(stderr, "%s: --image: images in prompts are not wired yet (the encoder exists, the "
+                "prompt splicing does not); images can only be preprocessed "
+                "(--dump-image-patches FILE)\n", prog);
         return TOOL_EXIT_USAGE;
     }
     if (!o->model) {
