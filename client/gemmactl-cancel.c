@@ -34,9 +34,7 @@ gemmactl_cmd_cancel (int argc, char **argv)
   }
 
   g_autoptr (GError) error = NULL;
-  g_autoptr (GemmactlConn) conn = gemmactl_conn_open (gemmactl_globals.socket_path,
-                                                      (guint) gemmactl_globals.timeout_seconds,
-                                                      &error);
+  g_autoptr (GemmactlConn) conn = gemmactl_conn_open (&error);
   if (conn == NULL)
     return gemmactl_report_error (error, json);
 

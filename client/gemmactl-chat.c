@@ -525,8 +525,7 @@ gemmactl_cmd_chat (int argc, char **argv)
     chat.stream_flags |= GEMMACTL_STREAM_QUIET;
 
   int code;
-  chat.conn = gemmactl_conn_open (gemmactl_globals.socket_path,
-                                  (guint) gemmactl_globals.timeout_seconds, &error);
+  chat.conn = gemmactl_conn_open (&error);
   if (chat.conn != NULL && open_session (&chat, &error)) {
     chat.loop = g_main_loop_new (NULL, FALSE);
     chat.input = g_string_new (NULL);

@@ -553,8 +553,10 @@ conn_hello (GemmactlConn *conn, gint64 deadline, GError **error)
 }
 
 GemmactlConn *
-gemmactl_conn_open (const char *path, guint timeout_seconds, GError **error)
+gemmactl_conn_open (GError **error)
 {
+  const char *path = gemmactl_globals.socket_path;
+  guint timeout_seconds = (guint) gemmactl_globals.timeout_seconds;
   gint64 deadline = timeout_seconds > 0
                     ? g_get_monotonic_time () + (gint64) timeout_seconds * G_USEC_PER_SEC
                     : 0;

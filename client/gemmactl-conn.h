@@ -18,10 +18,10 @@ typedef void (*GemmactlMessageFunc) (GemmactlConn *conn, JsonObject *message,
  * protocol, or an error tied to no request. Called once; error stays owned by conn. */
 typedef void (*GemmactlFatalFunc) (GemmactlConn *conn, const GError *error, gpointer user_data);
 
-/* Connects to path, or when NULL to $GEMMAD_SOCKET, else the per-user socket
+/* Connects to --socket, or when not given to $GEMMAD_SOCKET, else the per-user socket
  * ($XDG_RUNTIME_DIR/gemmad/gemmad.sock), else /run/gemmad/gemmad.sock, and says hello.
- * timeout_seconds (0 = none) bounds the connect and the handshake. */
-GemmactlConn *gemmactl_conn_open (const char *path, guint timeout_seconds, GError **error);
+ * --timeout (0 = none) bounds the connect and the handshake. */
+GemmactlConn *gemmactl_conn_open (GError **error);
 void gemmactl_conn_free (GemmactlConn *conn);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (GemmactlConn, gemmactl_conn_free)
 

@@ -113,9 +113,7 @@ run (Generate *g, GemmactlGenOptions *options, const char *prompt, gboolean json
   if (options_json == NULL)
     return -1;
 
-  g_autoptr (GemmactlConn) conn = gemmactl_conn_open (gemmactl_globals.socket_path,
-                                                      (guint) gemmactl_globals.timeout_seconds,
-                                                      error);
+  g_autoptr (GemmactlConn) conn = gemmactl_conn_open (error);
   if (conn == NULL)
     return -1;
 

@@ -25,9 +25,7 @@ gemmactl_cmd_list (int argc, char **argv)
   }
 
   g_autoptr (GError) error = NULL;
-  g_autoptr (GemmactlConn) conn = gemmactl_conn_open (gemmactl_globals.socket_path,
-                                                      (guint) gemmactl_globals.timeout_seconds,
-                                                      &error);
+  g_autoptr (GemmactlConn) conn = gemmactl_conn_open (&error);
   if (conn == NULL)
     return gemmactl_report_error (error, json);
   g_autoptr (JsonObject) result = gemmactl_conn_call (conn, "list", NULL, &error);

@@ -643,20 +643,11 @@ gmd_options_set (GmdOptions *o, GmdOptionsScope scope, const char *key, const Gm
 }
 
 gboolean
-gmd_options_check (const GmdOptions *o, GmdOptionsScope scope, const char *field_prefix,
-                   GError **error)
+gmd_options_check_combinations (const GmdOptions *o, const char *field_prefix, GError **error)
 {
   const char *prefix = field_prefix != NULL && *field_prefix != '\0' ? field_prefix : NULL;
   g_autofree char *field = NULL;
 
-  if ((scope == GMD_OPTIONS_GENERATE || scope == GMD_OPTIONS_SESSION_SEND) &&
-      !(o->set & GMD_OPT_HANDLE_TOKEN))
-    {
-      field = prefix ? g_strdup_printf ("%s.handle_token", prefix) : g_strdup ("handle_token");
-      gmd_set_field_error (error, GMD_ERROR_INVALID_ARGUMENT, field, "required %s",
-                           scope_label (scope));
-      return FALSE;
-    }
   if ((o->set & GMD_OPT_RAW) && o->raw)
     {
       if (o->set & GMD_OPT_SYSTEM)
@@ -671,6 +662,24 @@ gmd_options_check (const GmdOptions *o, GmdOptionsScope scope, const char *field
         }
     }
   return TRUE;
+}
+
+gboolean
+gmd_options_check (const GmdOptions *o, GmdOptionsScope scope, const char *field_prefix,
+                   GError **error)
+{
+  const char *prefix = field_prefix != NULL && *field_prefix != '\0' ? field_prefix : NULL;
+
+  if ((scope == GMD_OPTIONS_GENERATE || scope == GMD_OPTIONS_SESSION_SEND) &&
+      !(o->set & GMD_OPT_HANDLE_TOKEN))
+    {
+      g_autofree char *field =
+          prefix ? g_strdup_printf ("%s.handle_token", prefix) : g_strdup ("handle_token");
+      gmd_set_field_error (error, GMD_ERROR_INVALID_ARGUMENT, field, "required %s",
+                           scope_label (scope));
+      return FALSE;
+    }
+  return gmd_options_check_combinations (o, field_prefix, error);
 }
 
 void

@@ -125,8 +125,13 @@ gboolean gmd_options_set (GmdOptions *o, GmdOptionsScope scope, const char *key,
                           const GmdValue *value, const GmdLimits *limits,
                           const char *field_prefix, GError **error);
 
-/* Checks combinations after all keys are set (raw with system/thinking, handle_token
- * required for GENERATE and SESSION_SEND). */
+/* Checks the keys' combinations after all are set (raw excludes system and thinking).
+ * The socket, whose request ids name requests, needs only this. */
+gboolean gmd_options_check_combinations (const GmdOptions *o, const char *field_prefix,
+                                         GError **error);
+
+/* gmd_options_check_combinations, plus D-Bus's rule that GENERATE and SESSION_SEND
+ * require handle_token (it names the Request object). */
 gboolean gmd_options_check (const GmdOptions *o, GmdOptionsScope scope,
                             const char *field_prefix, GError **error);
 

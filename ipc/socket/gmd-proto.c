@@ -705,20 +705,9 @@ read_options (const GmdJson *root, GmdOptionsScope scope, const GmdLimits *limit
         if (!set_option (o, scope, v->obj.members[i].key, v->obj.members[i].value, limits, error))
           return NULL;
     }
-  /* gmd_options_check wants the D-Bus handle_token for Generate and Session.Send. The
-   * socket has none (the id names the request), so generate is checked as Respond, which
-   * takes the same keys without the token; Session.Send takes none of the combined keys
-   * (raw, system, thinking) that the check is about. */
-  if (scope == GMD_OPTIONS_GENERATE)
-    {
-      if (!gmd_options_check (o, GMD_OPTIONS_RESPOND, "options", error))
-        return NULL;
-    }
-  else if (scope != GMD_OPTIONS_SESSION_SEND)
-    {
-      if (!gmd_options_check (o, scope, "options", error))
-        return NULL;
-    }
+  /* No handle_token here: the request id names the request. */
+  if (!gmd_options_check_combinations (o, "options", error))
+    return NULL;
   return g_steal_pointer (&o);
 }
 

@@ -114,10 +114,10 @@ def layer_dims(c, il):
 # weights (HF names), drawn from a seeded generator, rounded to bf16
 
 
-def make_weights(c, torch, seed):
-    g = torch.Generator().manual_seed(seed)
-    H, L, P = c["hidden"], c["layers"], c["ple"]
-
+def weight_makers(torch, g):
+    """Seeded bf16-representable random tensors (the released weights are bf16): bf,
+    normal(shape, std), uniform(shape, lo, hi), linear(out_f, in_f) with std 1/sqrt(in_f).
+    Shared with generate_vision_tower.py."""
     def bf(t):
         return t.to(torch.bfloat16).to(torch.float32)
 
@@ -129,6 +129,15 @@ def make_weights(c, torch, seed):
 
     def linear(out_f, in_f):
         return normal((out_f, in_f), 1.0 / math.sqrt(in_f))
+
+    return bf, normal, uniform, linear
+
+
+def make_weights(c, torch, seed):
+    g = torch.Generator().manual_seed(seed)
+    H, L, P = c["hidden"], c["layers"], c["ple"]
+
+    bf, normal, uniform, linear = weight_makers(torch, g)
 
     W = {}
     pre = "model.language_model."

@@ -174,17 +174,8 @@ def make_weights(c, torch):
     H, I, hd = c["hidden"], c["inter"], c["head_dim"]
     nq = c["heads"]
 
-    def bf(t):
-        return t.to(torch.bfloat16).to(torch.float32)
-
-    def normal(shape, std):
-        return bf(torch.randn(*shape, generator=g) * std)
-
-    def uniform(shape, lo, hi):
-        return bf(lo + (hi - lo) * torch.rand(*shape, generator=g))
-
-    def linear(o, i):
-        return normal((o, i), 1.0 / math.sqrt(i))
+    from generate import weight_makers  # the text fixtures' seeded bf16 tensors
+    bf, normal, uniform, linear = weight_makers(torch, g)
 
     W = {}
     v = "model.vision_tower."
