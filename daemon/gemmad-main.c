@@ -25,8 +25,7 @@
 
 typedef struct {
   GMainLoop *loop;
-  GmdConfig *config;
-  GmdService *service;
+  GmdService *service;      /* owns the configuration (reloads replace it) */
   GmdBusType bus;
   gboolean per_user;
 
@@ -45,6 +44,13 @@ typedef struct {
   gint64 idle_since;          /* monotonic µs since nobody was connected, 0 = busy */
   char *last_status;
 } Daemon;
+
+/* The configuration in force: the service's, which SIGHUP/ReloadConfig replace. */
+static const GmdConfig *
+config_of (const Daemon *d)
+{
+  return gmd_service_get_config (d->service);
+}
 
 /* ---- command line ------------------------------------------------------------------- */
 
@@ -218,7 +224,7 @@ update_status (Daemon *d)
   switch (info->load_state) {
   case GMD_LOAD_LOADING:
     status = g_strdup_printf ("Loading %s", info->model_path[0] ? info->model_path
-                              : d->config->model_path ? d->config->model_path : "a model");
+                              : config_of (d)->model_path ? config_of (d)->model_path : "a model");
     break;
   case GMD_LOAD_FAILED:
     status = g_strdup_printf ("Model failed to load: %s", info->load_error);
@@ -303,7 +309,7 @@ begin_shutdown (Daemon *d, const char *why)
   sd_notify (0, "STOPPING=1\nSTATUS=Stopping");
   if (d->socket_server)
     gmd_socket_server_stop_listening (d->socket_server);
-  gmd_service_shutdown (d->service, d->config->shutdown_grace, on_shutdown_done, d);
+  gmd_service_shutdown (d->service, config_of (d)->shutdown_grace, on_shutdown_done, d);
 }
 
 static gboolean
@@ -339,7 +345,7 @@ static gboolean
 on_idle_check (gpointer user_data)
 {
   Daemon *d = user_data;
-  guint idle_exit = d->config->idle_exit;
+  guint idle_exit = config_of (d)->idle_exit;
   if (d->stopping || idle_exit == 0)
     return G_SOURCE_CONTINUE;
   const GmdServiceInfo *info = gmd_service_get_info (d->service);
@@ -421,7 +427,7 @@ setup_socket (Daemon *d, GError **error)
     return FALSE;
   }
   /* [service] socket: unset = the default path of the mode, "none" = no socket. */
-  const char *path = d->config->socket_path;
+  const char *path = config_of (d)->socket_path;
   gboolean disabled = g_strcmp0 (path, "none") == 0;
   if (n == 0 && disabled)
     return TRUE;
@@ -444,7 +450,7 @@ setup_socket (Daemon *d, GError **error)
   }
   g_autofree char *fallback = path ? NULL : default_socket_path (d);
   const char *use = path ? path : fallback;
-  guint mode = d->per_user ? 0600 : d->config->socket_mode;
+  guint mode = d->per_user ? 0600 : config_of (d)->socket_mode;
   if (!gmd_socket_server_listen_path (d->socket_server, use, mode, error)) {
     g_prefix_error (error, "%s: ", use);
     return FALSE;
@@ -478,19 +484,18 @@ main (int argc, char **argv)
     g_setenv ("G_MESSAGES_DEBUG", "all", TRUE);
 
   Daemon d = { .exit_code = 0 };
-  d.config = build_config (&flags, &error);
+  g_autoptr (GmdConfig) config = build_config (&flags, &error);
   flags_clear (&flags);
-  if (!d.config) {
+  if (!config) {
     fprintf (stderr, "gemmad: %s\n", error->message);
     return 2;
   }
-  d.bus = d.config->bus;
+  d.bus = config->bus;
   d.per_user = d.bus == GMD_BUS_SESSION;
 
-  d.service = gmd_service_new (d.config, &error);
+  d.service = gmd_service_new (config, &error);   /* takes a copy */
   if (!d.service) {
     fprintf (stderr, "gemmad: %s\n", error->message);
-    gmd_config_free (d.config);
     return 1;
   }
   guint changed_id = gmd_service_add_changed_handler (d.service, on_service_changed, &d);
@@ -529,7 +534,6 @@ main (int argc, char **argv)
   if (d.own_id)
     g_bus_unown_name (d.own_id);
   gmd_service_free (d.service);
-  gmd_config_free (d.config);
   g_main_loop_unref (d.loop);
   g_free (d.last_status);
   g_message ("stopped");
