@@ -24,7 +24,9 @@
 #include "decoder/tokenizer.h"
 #include "tool-common.h"
 #include "vision/image-decode.h"
+#include "vision/image-embed.h"
 #include "vision/image-preprocess.h"
+#include "vision/vision-encoder.h"
 
 static const char *prog = "gemma-run";
 
@@ -67,8 +69,8 @@ static void usage(FILE *f)
         "       gemma-run --image FILE [--image-tokens N] --dump-image-patches OUT.f32\n"
         "\n"
         "  -m, --model FILE         Gemma 4 text GGUF\n"
-        "  --mmproj FILE            multimodal projector GGUF (validated; the vision and audio\n"
-        "                           encoders come in later releases)\n"
+        "  --mmproj FILE            multimodal projector GGUF (its gemma4v vision encoder turns\n"
+        "                           --image files into soft tokens)\n"
         "  -p, --prompt TEXT        the user message (or give it as trailing words)\n"
         "  --system TEXT            system message\n"
         "  --think                  enable thinking (<|think|> in the system turn)\n"
@@ -86,8 +88,9 @@ static void usage(FILE *f)
         "  --batch N                prefill chunk size (default 512)\n"
         "  --dump-logits FILE       write the prompt's logits (f32 little-endian, one row of\n"
         "                           n_vocab per prompt position)\n"
-        "  --image FILE             a PNG or JPEG image (repeatable, up to %d); for now only\n"
-        "                           with --dump-image-patches (no vision encoder yet)\n"
+        "  --image FILE             a PNG or JPEG image (repeatable, up to %d), put in the user\n"
+        "                           turn before the text, in order; needs --mmproj (with\n"
+        "                           --raw: after BOS, before the text)\n"
         "  --image-tokens N         soft-token budget per image: 70, 140, 280, 560 or 1120\n"
         "                           (default %d)\n"
         "  --dump-image-patches FILE  preprocess the first --image as transformers does and\n"
@@ -241,10 +244,12 @@ static int parse_args(int argc, char **argv, options *o)
         }
         return 0;
     }
-    if (o->n_images) {
-        fprintf(stderr, "%s: --image: images in prompts are not wired yet (the encoder exists, the "
-                "prompt splicing does not); images can only be preprocessed "
-                "(--dump-image-patches FILE)\n", prog);
+    if (o->n_images && o->tokens) {
+        fprintf(stderr, "%s: --tokens is the whole prompt: no --image with it\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->n_images && !o->tokenize && !o->mmproj) {
+        fprintf(stderr, "%s: --image needs --mmproj FILE (the vision encoder)\n", prog);
         return TOOL_EXIT_USAGE;
     }
     if (!o->model) {
@@ -395,8 +400,8 @@ static int run_dump_patches(const options *o)
 
 /* ---- prompt ---------------------------------------------------------------------------- */
 
-static int build_prompt(const options *o, const gm_model *model, const gm_tokenizer *tok, gm_prompt *p,
-                        gm_error *err)
+static int build_prompt(const options *o, const gm_model *model, const gm_tokenizer *tok,
+                        const gm_image_embedding *images, gm_prompt *p, gm_error *err)
 {
     int rc;
     if (o->tokens) {
@@ -415,16 +420,27 @@ static int build_prompt(const options *o, const gm_model *model, const gm_tokeni
     } else if (o->raw) {
         int32_t bos = gm_tokenizer_bos(tok);
         rc = bos >= 0 ? gm_prompt_add_ids(p, &bos, 1, err) : GM_OK;
+        for (size_t i = 0; i < o->n_images && rc == GM_OK; i++)
+            rc = gm_prompt_add_media(p, tok, GM_PART_IMAGE, (int32_t)images[i].n_soft_tokens,
+                                     images[i].embd, err);
         if (rc == GM_OK)
             rc = gm_prompt_add_text(p, tok, o->prompt, true, err);
     } else {
         gm_chat_part sys_part = { .type = GM_PART_TEXT, .text = o->system };
-        gm_chat_part user_part = { .type = GM_PART_TEXT, .text = o->prompt };
+        /* Images first, then the question: the order transformers' chat template keeps
+         * for content [image, …, text]. */
+        gm_chat_part user_parts[MAX_IMAGES + 1];
+        size_t n_user = 0;
+        for (size_t i = 0; i < o->n_images; i++)
+            user_parts[n_user++] = (gm_chat_part){ .type = GM_PART_IMAGE,
+                                                   .n_soft_tokens = (int32_t)images[i].n_soft_tokens,
+                                                   .embd = images[i].embd };
+        user_parts[n_user++] = (gm_chat_part){ .type = GM_PART_TEXT, .text = o->prompt };
         gm_chat_message msgs[2];
         size_t n = 0;
         if (o->system)
             msgs[n++] = (gm_chat_message){ .role = GM_ROLE_SYSTEM, .parts = &sys_part, .n_parts = 1 };
-        msgs[n++] = (gm_chat_message){ .role = GM_ROLE_USER, .parts = &user_part, .n_parts = 1 };
+        msgs[n++] = (gm_chat_message){ .role = GM_ROLE_USER, .parts = user_parts, .n_parts = n_user };
         gm_chat_options co = { .thinking = o->think, .add_generation_prompt = true };
         return gm_chat_build(tok, msgs, n, &co, p, err);
     }
@@ -452,8 +468,15 @@ static int dump_logits(const options *o, gm_context *ctx, const gm_prompt *p, in
     for (size_t s = 0; s < p->n_spans && rc == GM_OK; s++) {
         const gm_span *sp = &p->spans[s];
         if (sp->type != GM_SPAN_TEXT) {
-            rc = gm_set_error(err, GM_ERR_UNSUPPORTED, "--dump-logits: media spans are not supported");
-            break;
+            /* A media block in one call: its bidirectional attention needs all of it. */
+            float *rows = malloc((size_t)sp->n * (size_t)n_vocab * sizeof(float));
+            rc = rows ? gm_context_eval(ctx, sp, 1, GM_LOGITS_ALL, rows, err)
+                      : gm_set_error(err, GM_ERR_NOMEM, "out of memory for %d logit rows", sp->n);
+            size_t nrow = (size_t)sp->n * (size_t)n_vocab;
+            if (rc == GM_OK && fwrite(rows, sizeof(float), nrow, f) != nrow)
+                rc = gm_set_error(err, GM_ERR_IO, "%s: write failed: %s", o->dump_logits, strerror(errno));
+            free(rows);
+            continue;
         }
         for (int32_t i = 0; i < sp->n && rc == GM_OK; i += chunk) {
             gm_span part = { .type = GM_SPAN_TEXT, .n = sp->n - i < chunk ? sp->n - i : chunk, .ids = sp->ids + i };
@@ -547,6 +570,9 @@ int main(int argc, char **argv)
     gm_model *model = NULL;
     gm_tokenizer *tok = NULL;
     gm_context *ctx = NULL;
+    gm_vision_model *vision = NULL;
+    gm_image_embedding images[MAX_IMAGES];
+    memset(images, 0, sizeof images);
     gm_prompt prompt;
     gm_prompt_init(&prompt);
     int exit_code = TOOL_EXIT_OK;
@@ -565,7 +591,21 @@ int main(int argc, char **argv)
         exit_code = TOOL_EXIT_LOAD;
         goto out;
     }
-    if (o.mmproj) {
+    if (o.n_images) {
+        vision = gm_vision_model_load(o.mmproj, &err);
+        if (!vision) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+        if (gm_vision_model_projection_dim(vision) != model->hp.n_embd) {
+            fprintf(stderr, "%s: %s projects images to width %u, but %s has n_embd %u: they are "
+                    "not a pair\n", prog, o.mmproj, gm_vision_model_projection_dim(vision), o.model,
+                    model->hp.n_embd);
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+    } else if (o.mmproj) {
         gm_gguf *mm = gm_gguf_open(o.mmproj, &err);
         if (!mm) {
             fprintf(stderr, "%s: %s\n", prog, err.msg);
@@ -583,9 +623,6 @@ int main(int argc, char **argv)
         }
         free(arch);
         gm_gguf_close(mm);
-        if (!o.quiet)
-            fprintf(stderr, "%s: %s is a valid mmproj GGUF, but this version has no vision or audio "
-                    "encoder yet: only text prompts are run\n", prog, o.mmproj);
     }
 
     pool = gm_pool_create((int)o.threads);
@@ -602,7 +639,33 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    if (build_prompt(&o, model, tok, &prompt, &err) != GM_OK) {
+    for (size_t i = 0; i < o.n_images; i++) {
+        FILE *in = fopen(o.images[i], "rb");
+        size_t len = 0;
+        uint8_t *data = in ? (uint8_t *)tool_read_all(in, &len) : NULL;
+        if (in)
+            fclose(in);
+        if (!data) {
+            fprintf(stderr, "%s: %s: cannot read: %s\n", prog, o.images[i], strerror(errno));
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+        int erc = gm_image_embed(vision, pool, data, len, NULL, (int)o.image_tokens, &images[i], &err);
+        free(data);
+        if (erc != GM_OK) {
+            fprintf(stderr, "%s: %s: %s\n", prog, o.images[i], err.msg);
+            exit_code = erc == GM_ERR_FORMAT || erc == GM_ERR_UNSUPPORTED || erc == GM_ERR_RANGE
+                            ? TOOL_EXIT_LOAD : TOOL_EXIT_RUNTIME;
+            goto out;
+        }
+        if (!o.quiet)
+            fprintf(stderr, "%s: image %s: %ux%u -> %u soft tokens (grid %ux%u) | decode %.1f ms, "
+                    "preprocess %.1f ms, encode %.1f ms\n", prog, o.images[i], images[i].width,
+                    images[i].height, images[i].n_soft_tokens, images[i].grid_w, images[i].grid_h,
+                    images[i].decode_s * 1e3, images[i].preprocess_s * 1e3, images[i].encode_s * 1e3);
+    }
+
+    if (build_prompt(&o, model, tok, images, &prompt, &err) != GM_OK) {
         fprintf(stderr, "%s: %s\n", prog, err.msg);
         exit_code = err.code == GM_ERR_INVALID && o.tokens ? TOOL_EXIT_USAGE : TOOL_EXIT_RUNTIME;
         goto out;
@@ -692,6 +755,9 @@ int main(int argc, char **argv)
 
 out:
     gm_prompt_free(&prompt);
+    for (size_t i = 0; i < MAX_IMAGES; i++)
+        gm_image_embedding_free(&images[i]);
+    gm_vision_model_free(vision);
     gm_context_free(ctx);
     gm_pool_destroy(pool);
     gm_tokenizer_free(tok);

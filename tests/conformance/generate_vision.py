@@ -28,10 +28,21 @@ CASES = [
     ("small-37x29", 37, 29, 70),      # upscale to 432x336
     ("mixed-2600x60", 2600, 60, 70),  # width up to 2640, height down to 48 (scale 1.25)
     ("strip-700x9", 700, 9, 70),      # extreme: th = 0 -> 48, tw capped at 3360
+    ("wide-640x480", 640, 480, 70),   # strong downscale (wide antialiasing kernels)
+    ("tall-45x170", 45, 170, 140),    # budget 140, upscale of a narrow image
 ]
-# Not yet fixtures: a strong downscale ("wide-640x480", 640, 480, 70) and another budget
-# ("tall-45x170", 45, 170, 140) ran on the reference too, but their files did not come
-# back from the device (transfer file-count limit); add them on the next reference run.
+# Cases whose patches are checked by digest only (their patch files would be ~0.5-1 MB
+# each): cases.txt's last column is a 64-bit FNV-1a over the u8 patches, then the
+# positions as little-endian int32 — for every case, so the two checks agree.
+DIGEST_ONLY = {"wide-640x480", "tall-45x170"}
+
+
+def fnv1a64(*chunks):
+    h = 0xcbf29ce484222325
+    for data in chunks:
+        for b in data:
+            h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 def pixel(x, y, c):
@@ -131,9 +142,12 @@ def reference(imgdir, outdir):
         # Rescale is uint8 tensor * Python float: float32(x) * float32(1/255).
         back = u8.astype(np.float32) * np.float32(1.0 / 255.0)
         assert (back.view(np.uint32) == vals.view(np.uint32)).all(), name + ": rescale differs"
-        u8.tofile(os.path.join(outdir, name + "-patches.u8"))
-        pos[:n].astype("<i4").tofile(os.path.join(outdir, name + "-pos.i32"))
-        lines.append(f"{name} {w} {h} {budget} {gw} {gh} {nst}")
+        pos_le = pos[:n].astype("<i4")
+        digest = fnv1a64(u8.tobytes(), pos_le.tobytes())
+        if name not in DIGEST_ONLY:
+            u8.tofile(os.path.join(outdir, name + "-patches.u8"))
+            pos_le.tofile(os.path.join(outdir, name + "-pos.i32"))
+        lines.append(f"{name} {w} {h} {budget} {gw} {gh} {nst} {digest:016x}")
 
         case = {"grid": [gw, gh], "num_soft_tokens": nst, "pixel_values_dtype": str(pv.dtype)}
         if Gemma4ImageProcessorPil is not None:
@@ -147,7 +161,7 @@ def reference(imgdir, outdir):
         print(name, case, flush=True)
 
     with open(os.path.join(outdir, "cases.txt"), "w") as f:
-        f.write("# name width height budget grid_w grid_h num_soft_tokens\n")
+        f.write("# name width height budget grid_w grid_h num_soft_tokens fnv1a64(patches u8, positions i32 LE)\n")
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(outdir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
