@@ -224,7 +224,10 @@ show_progress (GemmactlStream *s, JsonObject *message)
   } else if (g_str_equal (state, "loading")) {
     status = g_strdup ("waiting for the model to load");
   } else if (g_str_equal (state, "encoding")) {
-    status = g_strdup ("encoding media");
+    if (gemmactl_json_int (message, "media_done", &a) && gemmactl_json_int (message, "media_total", &b))
+      status = g_strdup_printf ("encoding media %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, a, b);
+    else
+      status = g_strdup ("encoding media");
   } else if (g_str_equal (state, "prefill")) {
     if (gemmactl_json_int (message, "prompt_done", &a) && gemmactl_json_int (message, "prompt_total", &b))
       status = g_strdup_printf ("reading prompt %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT, a, b);

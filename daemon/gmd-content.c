@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "gmd-error.h"
+#include "gmd-image.h"
 
 static const char *const part_type_names[] = {
   [GMD_PART_TEXT] = "text",
@@ -173,12 +174,23 @@ gmd_part_new_media (GmdPartType type, GBytes *bytes)
   return p;
 }
 
+GmdPart *
+gmd_part_new_encoded_image (GmdImage *image)
+{
+  GmdPart *p = g_new0 (GmdPart, 1);
+  p->type = GMD_PART_IMAGE;
+  p->image = gmd_image_ref (image);
+  return p;
+}
+
 void
 gmd_part_free (GmdPart *p)
 {
   if (p == NULL)
     return;
   g_free (p->text);
+  if (p->image != NULL)
+    gmd_image_unref (p->image);
   if (p->media != NULL)
     g_bytes_unref (p->media);
   g_free (p);

@@ -42,12 +42,16 @@ typedef struct {
   char *text;              /* TEXT: UTF-8 (validated by gmd_part_new_text) */
   GBytes *media;           /* IMAGE/AUDIO/VIDEO: the encoded file */
   GmdMediaFormat format;   /* sniffed when the part was made */
+  struct _GmdImage *image; /* IMAGE kept in a session's history: its encoded soft tokens
+                              (gmd-image.h; media is NULL then), else NULL */
 } GmdPart;
 
 /* Fails (INVALID_ARGUMENT naming field) when text is not valid UTF-8. */
 GmdPart *gmd_part_new_text (const char *text, gsize len, const char *field, GError **error);
 /* Takes a reference on bytes and sniffs the format (no error here: the service decides). */
 GmdPart *gmd_part_new_media (GmdPartType type, GBytes *bytes);
+/* An IMAGE part of a session's history: the encoded image (a reference is taken). */
+GmdPart *gmd_part_new_encoded_image (struct _GmdImage *image);
 void gmd_part_free (GmdPart *p);
 
 /* Reads a caller's fd: must be a regular file (memfds count) open for reading; read with

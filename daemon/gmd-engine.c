@@ -7,6 +7,7 @@
 #include "core/pool.h"
 #include "decoder/context.h"
 #include "decoder/generate.h"
+#include "gmd-image.h"
 #include "gmd-thought.h"
 
 /* Pieces are merged so a request sends at most about 50 per second. */
@@ -41,6 +42,8 @@ gmd_job_unref (GmdJob *job)
   if (job->prompt_model)
     gmd_model_unref (job->prompt_model);
   gm_prompt_free (&job->prompt);
+  if (job->images)
+    g_ptr_array_unref (job->images);
   g_strfreev (job->stop);
   g_free (job);
 }
@@ -177,6 +180,16 @@ static void
 post (GmdEngine *e, Event *ev)
 {
   gmd_mailbox_post (e->mailbox, event_deliver, ev, event_free);
+}
+
+static void
+post_encoding (GmdEngine *e, GmdJob *job, guint32 done, guint32 total)
+{
+  Event *ev = event_new (e, EV_PROGRESS, job);
+  ev->progress.state = GMD_STATE_ENCODING;
+  ev->progress.prompt_done = done;
+  ev->progress.prompt_total = total;
+  post (e, ev);
 }
 
 static void
@@ -481,7 +494,8 @@ stop_of_gm (gm_stop_reason s)
 }
 
 /* Renders the job's prompt with the engine's model when the service could not (the
- * model was loading) or rendered it with another model. */
+ * model was loading) or rendered it with another model; prepares its images first when
+ * no prompt worker did. */
 static gboolean
 ensure_prompt (GmdEngine *e, GmdJob *job, guint32 n_ctx, GmdJobResult *res)
 {
@@ -492,7 +506,11 @@ ensure_prompt (GmdEngine *e, GmdJob *job, guint32 n_ctx, GmdJobResult *res)
       if (job->prompt_model)
         gmd_model_unref (job->prompt_model);
       job->prompt_model = NULL;
-      if (!gmd_prompt_render (e->model, job->spec, NULL, &job->prompt, &error))
+      if (job->images == NULL &&
+          !gmd_prompt_prepare_images (e->model, job->spec, job->image_tokens,
+                                      job->max_image_pixels, &job->images, &error))
+        goto failed;
+      if (!gmd_prompt_render (e->model, job->spec, job->images, NULL, &job->prompt, &error))
         goto failed;
       job->prompt_model = gmd_model_ref (e->model);
     }
@@ -504,6 +522,81 @@ ensure_prompt (GmdEngine *e, GmdJob *job, guint32 n_ctx, GmdJobResult *res)
 failed:
   set_error (res, gmd_error_code_of (error), error->message);
   return FALSE;
+}
+
+static GmdEngineImageHook image_hook;
+static gpointer image_hook_data;
+
+void
+gmd_engine_set_image_hook (GmdEngineImageHook hook, gpointer user_data)
+{
+  image_hook = hook;
+  image_hook_data = user_data;
+}
+
+/* Encodes the job's images in order (cancellable between images), then points the
+ * prompt's image spans that have no embeddings yet (the new turn's: the history's come
+ * encoded) at them. FALSE: res says why (cancelled or error). */
+static gboolean
+encode_images (GmdEngine *e, GmdJob *job, GmdJobResult *res)
+{
+  GPtrArray *images = job->images;
+  guint total = images ? images->len : 0;
+  if (total == 0)
+    return TRUE;
+  if (e->model->vision == NULL)
+    {
+      set_error (res, GMD_ERROR_UNSUPPORTED_MEDIA,
+                 "image input is not available: the model has no image encoder");
+      return FALSE;
+    }
+
+  gint64 t0 = g_get_monotonic_time ();
+  post_encoding (e, job, 0, total);
+  for (guint i = 0; i < total; i++)
+    {
+      if (job_cancelled (job))
+        {
+          res->stop_reason = GMD_STOP_CANCELLED;
+          break;
+        }
+      GmdImage *image = images->pdata[i];
+      g_autoptr (GError) error = NULL;
+      if (image->embd == NULL && !gmd_image_encode (image, e->model->vision, e->pool, &error))
+        {
+          set_error (res, gmd_error_code_of (error), error->message);
+          break;
+        }
+      post_encoding (e, job, i + 1, total);
+      if (image_hook != NULL)
+        image_hook (job, i + 1, total, image_hook_data);
+    }
+  res->encode_seconds = (double) (g_get_monotonic_time () - t0) / G_USEC_PER_SEC;
+  if (res->stop_reason == GMD_STOP_CANCELLED || res->error_message != NULL)
+    return FALSE;
+
+  guint next = 0;
+  for (size_t i = 0; i < job->prompt.n_spans; i++)
+    {
+      gm_span *span = &job->prompt.spans[i];
+      if (span->type != GM_SPAN_IMAGE || span->embd != NULL)
+        continue;
+      const GmdImage *image = next < total ? images->pdata[next] : NULL;
+      if (image == NULL || span->n != (int32_t) image->n_soft_tokens ||
+          image->n_embd != e->model->model->hp.n_embd)
+        {
+          set_error (res, GMD_ERROR_INTERNAL, "the prompt's image spans do not match its images");
+          return FALSE;
+        }
+      span->embd = image->embd;
+      next++;
+    }
+  if (next != total)
+    {
+      set_error (res, GMD_ERROR_INTERNAL, "the prompt's image spans do not match its images");
+      return FALSE;
+    }
+  return TRUE;
 }
 
 /* Prefill (in reported chunks) and generation of a job whose prompt fits ctx. */
@@ -618,9 +711,14 @@ run_job (GmdEngine *e, GmdJob *job)
       guint32 n_ctx = job->session_id ? MIN (job->context_size, e->model->context_size)
                                       : e->model->context_size;
       res->context_size = n_ctx;
-      if (ensure_prompt (e, job, n_ctx, res))
+      gboolean ready = ensure_prompt (e, job, n_ctx, res);
+      if (ready)
         {
           res->prompt_tokens = (guint32) job->prompt.n_positions;
+          ready = encode_images (e, job, res);
+        }
+      if (ready)
+        {
           gm_error err = { 0 };
           gm_context *ctx = context_for (e, job, n_ctx, &err);
           if (ctx == NULL)
@@ -636,7 +734,8 @@ run_job (GmdEngine *e, GmdJob *job)
                    * re-tokenized, a full window's answer can come out a little longer
                    * than the window: then the window is full. */
                   gm_prompt conv;
-                  if (gmd_prompt_render (e->model, job->spec, r.answer->str, &conv, NULL))
+                  if (gmd_prompt_render (e->model, job->spec, job->images, r.answer->str, &conv,
+                                         NULL))
                     res->context_used = MIN ((guint32) conv.n_positions, n_ctx);
                   gm_prompt_free (&conv);
                   if (job->cache_slots == 0)

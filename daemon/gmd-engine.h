@@ -29,6 +29,13 @@ typedef struct {
   GmdPromptSpec *spec;
   GmdModel *prompt_model;     /* the model prompt was rendered with; NULL: not yet */
   gm_prompt prompt;
+  GPtrArray *images;          /* GmdImage* of the new turn's image parts, in order, once
+                                 prepared (by the prompt worker, or by the engine when the
+                                 request was accepted while the model loaded); the engine
+                                 encodes them and the prompt's image spans then point at
+                                 their embeddings */
+  guint32 image_tokens;       /* soft-token budget per image */
+  guint64 max_image_pixels;   /* decoder cap (limits.max_image_pixels) */
   guint32 max_prompt_tokens;  /* for a re-render by the engine (0 = the window) */
   guint64 session_id;         /* 0: one-shot (the shared context) */
   guint32 context_size;       /* sessions: their window */
@@ -75,9 +82,15 @@ void gmd_engine_free (GmdEngine *engine);
 /* Switches to model (NULL: none), dropping every context; n_threads for the kernels'
  * pool, batch for prefill chunks. Queued after commands already sent. */
 void gmd_engine_set_model (GmdEngine *engine, GmdModel *model, guint n_threads, guint batch);
-/* Runs a job: progress (prefill, generating), pieces, then exactly one finished. */
+/* Runs a job: progress (encoding when it has images, prefill, generating), pieces,
+ * then exactly one finished. */
 void gmd_engine_run (GmdEngine *engine, GmdJob *job);
 /* Frees the cached context of a session. */
 void gmd_engine_drop_session (GmdEngine *engine, guint64 session_id);
+
+/* Tests only: called on the engine thread after each image of a job is encoded (done of
+ * total), before the cancel check that precedes the next one. NULL: none. */
+typedef void (*GmdEngineImageHook) (GmdJob *job, guint done, guint total, gpointer user_data);
+void gmd_engine_set_image_hook (GmdEngineImageHook hook, gpointer user_data);
 
 G_END_DECLS

@@ -61,5 +61,6 @@ gmd_limits_to_variant (const GmdLimits *l, guint32 context_size)
                          g_variant_new_uint32 (l->session_idle_timeout));
   g_variant_builder_add (&b, "{sv}", "max_line_bytes", g_variant_new_uint64 (l->max_line_bytes));
   g_variant_builder_add (&b, "{sv}", "max_fds_per_line", g_variant_new_uint32 (l->max_fds_per_line));
+  g_variant_builder_add (&b, "{sv}", "max_image_pixels", g_variant_new_uint64 (l->max_image_pixels));
   return g_variant_builder_end (&b);
 }

@@ -32,7 +32,7 @@ void gmd_limits_init_default (GmdLimits *limits);
  * max_prompt_tokens/max_tokens_limit resolved against context_size when 0 (and, since a
  * cap above the window cannot be reached, reported as context_size when larger; a
  * context_size of 0, unknown, leaves them as configured). Also max_line_bytes (t) and
- * max_fds_per_line (u) for the socket's hello. */
+ * max_fds_per_line (u) for the socket's hello, and max_image_pixels (t). */
 GVariant *gmd_limits_to_variant (const GmdLimits *limits, guint32 context_size);
 
 G_END_DECLS

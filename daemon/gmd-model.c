@@ -65,23 +65,77 @@ gguf_string (const gm_gguf *g, const char *key)
   return s;
 }
 
+static gboolean
+kv_true (const gm_gguf *g, const char *key)
+{
+  const gm_gguf_kv *kv = gm_gguf_find_kv (g, key);
+  return kv != NULL && kv->type == GM_GGUF_BOOL && kv->v.b;
+}
+
+/* Which towers an mmproj holds, from its keys (llama.cpp's clip conventions: the
+ * has_*_encoder flags, or the per-tower projector type / width). */
+static void
+mmproj_towers (const gm_gguf *g, gboolean *vision, gboolean *audio)
+{
+  *vision = kv_true (g, "clip.has_vision_encoder") ||
+            gm_gguf_find_kv (g, "clip.vision.projector_type") != NULL ||
+            gm_gguf_find_kv (g, "clip.vision.embedding_length") != NULL;
+  *audio = kv_true (g, "clip.has_audio_encoder") ||
+           gm_gguf_find_kv (g, "clip.audio.projector_type") != NULL ||
+           gm_gguf_find_kv (g, "clip.audio.embedding_length") != NULL;
+}
+
+/* The mmproj's image encoder, NULL in *out when it has no vision tower. */
+static gboolean
+load_vision (const char *mmproj_path, const char *model_path, guint32 n_embd,
+             gm_vision_model **out, GError **error)
+{
+  gm_error err = { 0 };
+  *out = NULL;
+  gm_gguf *proj = gm_gguf_open (mmproj_path, &err);
+  if (proj == NULL)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
+      return FALSE;
+    }
+  gboolean vision, audio;
+  mmproj_towers (proj, &vision, &audio);
+  gm_gguf_close (proj);
+  if (!vision && !audio)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT,
+                   "mmproj: %s has neither a vision nor an audio encoder (no clip.vision.* "
+                   "or clip.audio.* keys)", mmproj_path);
+      return FALSE;
+    }
+  if (!vision)
+    return TRUE;  /* audio only: no image modality */
+
+  gm_vision_model *vm = gm_vision_model_load (mmproj_path, &err);
+  if (vm == NULL)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
+      return FALSE;
+    }
+  guint32 dim = gm_vision_model_projection_dim (vm);
+  if (dim != n_embd)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT,
+                   "mmproj: %s projects images to width %u, but the model %s has width %u "
+                   "(the mmproj belongs to another model)", mmproj_path, dim, model_path,
+                   n_embd);
+      gm_vision_model_free (vm);
+      return FALSE;
+    }
+  *out = vm;
+  return TRUE;
+}
+
 GmdModel *
 gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
                 GError **error)
 {
   gm_error err = { 0 };
-
-  if (mmproj_path != NULL && mmproj_path[0] != '\0')
-    {
-      /* Validated now so a bad path fails the load; the encoders come later. */
-      gm_gguf *proj = gm_gguf_open (mmproj_path, &err);
-      if (proj == NULL)
-        {
-          g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
-          return NULL;
-        }
-      gm_gguf_close (proj);
-    }
 
   gm_model *model = gm_model_load (path, &err);
   if (model == NULL)
@@ -89,10 +143,18 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
       g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "%s", err.msg);
       return NULL;
     }
+  gm_vision_model *vision = NULL;
+  if (mmproj_path != NULL && mmproj_path[0] != '\0' &&
+      !load_vision (mmproj_path, path, model->hp.n_embd, &vision, error))
+    {
+      gm_model_free (model);
+      return NULL;
+    }
   gm_tokenizer *tok = gm_tokenizer_load (model->gguf, &err);
   if (tok == NULL)
     {
       g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "%s", err.msg);
+      gm_vision_model_free (vision);
       gm_model_free (model);
       return NULL;
     }
@@ -101,6 +163,7 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
   m->ref = 1;
   m->model = model;
   m->tokenizer = tok;
+  m->vision = vision;
   m->path = g_strdup (path);
   m->mmproj_path = mmproj_path && mmproj_path[0] ? g_strdup (mmproj_path) : NULL;
   m->name = gguf_string (model->gguf, "general.name");
@@ -120,6 +183,23 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
   return m;
 }
 
+static const char *const text_modalities[] = { "text", NULL };
+static const char *const image_modalities[] = { "text", "image", NULL };
+static const char *const no_media_types[] = { NULL };
+static const char *const image_media_types[] = { "image/png", "image/jpeg", NULL };
+
+const char *const *
+gmd_model_modalities (const GmdModel *m)
+{
+  return m != NULL && m->vision != NULL ? image_modalities : text_modalities;
+}
+
+const char *const *
+gmd_model_media_types (const GmdModel *m)
+{
+  return m != NULL && m->vision != NULL ? image_media_types : no_media_types;
+}
+
 GmdModel *
 gmd_model_ref (GmdModel *m)
 {
@@ -133,6 +213,7 @@ gmd_model_unref (GmdModel *m)
   if (m == NULL || !g_atomic_int_dec_and_test (&m->ref))
     return;
   gm_tokenizer_free (m->tokenizer);
+  gm_vision_model_free (m->vision);
   gm_model_free (m->model);
   g_free (m->path);
   g_free (m->mmproj_path);

@@ -266,8 +266,8 @@ gmd_message_new (GmdRole role, const char *text)
   return m;
 }
 
-static GmdMessage *
-message_copy (const GmdMessage *m)
+GmdMessage *
+gmd_message_copy (const GmdMessage *m)
 {
   GmdMessage *c = gmd_message_new (m->role, m->text);
 
@@ -276,6 +276,8 @@ message_copy (const GmdMessage *m)
       c->media = g_array_sized_new (FALSE, FALSE, sizeof (GmdHistoryMedia), m->media->len);
       g_array_append_vals (c->media, m->media->data, m->media->len);
     }
+  if (m->parts != NULL)
+    c->parts = g_ptr_array_ref (m->parts);
   return c;
 }
 
@@ -287,6 +289,8 @@ gmd_message_free (GmdMessage *m)
   g_free (m->text);
   if (m->media != NULL)
     g_array_unref (m->media);
+  if (m->parts != NULL)
+    g_ptr_array_unref (m->parts);
   g_free (m);
 }
 
@@ -337,7 +341,7 @@ copy_history (GmdOptions *dst, const GPtrArray *src)
 {
   g_ptr_array_set_size (dst->history, 0);
   for (guint i = 0; i < src->len; i++)
-    g_ptr_array_add (dst->history, message_copy (g_ptr_array_index (src, i)));
+    g_ptr_array_add (dst->history, gmd_message_copy (g_ptr_array_index (src, i)));
 }
 
 GmdOptions *

@@ -55,6 +55,10 @@ typedef struct {
   char *text;                 /* text messages; NULL for a media entry */
   /* GetHistory only: media parts of kept turns, as (type, soft_tokens) */
   GArray *media;              /* of GmdHistoryMedia, may be NULL */
+  /* A session's kept user turn with media: its parts in order (GmdPart*: text, and
+   * images as their encoded soft tokens), rendered instead of text; NULL: text only.
+   * Immutable once set: copies share it. */
+  GPtrArray *parts;
 } GmdMessage;
 
 typedef struct {
@@ -63,6 +67,7 @@ typedef struct {
 } GmdHistoryMedia;
 
 GmdMessage *gmd_message_new (GmdRole role, const char *text);
+GmdMessage *gmd_message_copy (const GmdMessage *m);   /* media copied, parts shared */
 void gmd_message_free (GmdMessage *m);
 const char *gmd_role_name (GmdRole role);          /* "user", "model" */
 gboolean gmd_role_from_name (const char *name, GmdRole *out);

@@ -28,13 +28,27 @@ GmdPromptSpec *gmd_prompt_spec_ref (GmdPromptSpec *spec);
 void gmd_prompt_spec_unref (GmdPromptSpec *spec);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (GmdPromptSpec, gmd_prompt_spec_unref)
 
+/* Decodes and preprocesses the image parts of spec (blocking: a prompt worker or the
+ * engine thread) for image_tokens soft tokens each, pixel cap max_pixels: *images gets
+ * one GmdImage* per image part, in order (an empty array without images). Errors name
+ * the part (content[i]): UNSUPPORTED_MEDIA when the model has no image encoder or the
+ * file does not decode, LIMIT_EXCEEDED above max_pixels. */
+gboolean gmd_prompt_prepare_images (const GmdModel *model, const GmdPromptSpec *spec,
+                                    guint32 image_tokens, guint64 max_pixels,
+                                    GPtrArray **images, GError **error);
+
 /* Renders spec into out (initialised here; free with gm_prompt_free even on error).
  * With parts and no answer: the prompt for generating (ending with the model turn's
  * header); with an answer: the conversation with it as the model's reply; with neither:
- * the conversation so far (both to measure what a session holds). Errors: GMD_ERROR_UNSUPPORTED_MEDIA for a media part (no encoder yet),
- * GMD_ERROR_INTERNAL for a tokenizer failure. */
+ * the conversation so far (both to measure what a session holds). images are the new
+ * turn's (gmd_prompt_prepare_images; NULL when it has none): each takes its soft tokens'
+ * positions, pointing at its embeddings once encoded (NULL before; the engine fills them
+ * in). History images come with their embeddings. Errors: GMD_ERROR_UNSUPPORTED_MEDIA
+ * for audio/video parts (no encoder), GMD_ERROR_INTERNAL for a tokenizer failure or
+ * images that do not match the parts. */
 gboolean gmd_prompt_render (const GmdModel *model, const GmdPromptSpec *spec,
-                            const char *answer, gm_prompt *out, GError **error);
+                            GPtrArray *images, const char *answer, gm_prompt *out,
+                            GError **error);
 
 /* The window check of a rendered prompt: LIMIT_EXCEEDED when it is longer than
  * max_prompt_tokens (0 = the window) and that cap is below the window, else

@@ -474,6 +474,7 @@ typedef struct {
   guint32 context_size;
   guint32 max_prompt_tokens;
   gm_prompt prompt;
+  GPtrArray *images;          /* GmdImage*: decoded and preprocessed, not yet encoded */
   GError *error;
 } Prepare;
 
@@ -484,6 +485,8 @@ prepare_free (gpointer p)
   gmd_job_unref (pr->job);
   gmd_model_unref (pr->model);
   gm_prompt_free (&pr->prompt);
+  if (pr->images)
+    g_ptr_array_unref (pr->images);
   g_clear_error (&pr->error);
   g_free (pr);
 }
@@ -507,16 +510,23 @@ prepare_deliver (gpointer p)
   r->job->prompt = pr->prompt;
   gm_prompt_init (&pr->prompt);
   r->job->prompt_model = gmd_model_ref (pr->model);
+  if (r->job->images)
+    g_ptr_array_unref (r->job->images);
+  r->job->images = g_steal_pointer (&pr->images);
   accept (r);
 }
 
-/* GThreadPool worker: render and check the window; the tokenizer is the model's, held
- * by a reference so a model switch cannot free it meanwhile. */
+/* GThreadPool worker: decode and preprocess the images (their soft-token counts are
+ * positions of the prompt), render and check the window; the tokenizer is the model's,
+ * held by a reference so a model switch cannot free it meanwhile. */
 static void
 prepare_run (gpointer data, gpointer user_data)
 {
   Prepare *pr = data;
-  if (gmd_prompt_render (pr->model, pr->job->spec, NULL, &pr->prompt, &pr->error))
+  GmdJob *job = pr->job;
+  if (gmd_prompt_prepare_images (pr->model, job->spec, job->image_tokens,
+                                 job->max_image_pixels, &pr->images, &pr->error) &&
+      gmd_prompt_render (pr->model, job->spec, pr->images, NULL, &pr->prompt, &pr->error))
     gmd_prompt_check_fit ((guint32) pr->prompt.n_positions, pr->context_size,
                           pr->max_prompt_tokens, &pr->error);
   gmd_mailbox_post (pr->mailbox, prepare_deliver, pr, prepare_free);
@@ -627,13 +637,25 @@ check_media (GmdService *s, guint index, const GmdPart *part, GError **error)
                            part->type == GMD_PART_IMAGE ? "an image" : "audio");
       return FALSE;
     }
+  if (part->type == GMD_PART_IMAGE && part->format != GMD_MEDIA_PNG &&
+      part->format != GMD_MEDIA_JPEG)
+    {
+      gmd_set_field_error (error, GMD_ERROR_UNSUPPORTED_MEDIA, field,
+                           "the file is %s: only PNG and JPEG images are decoded", mime);
+      return FALSE;
+    }
+  /* While the first model loads its modalities are unknown: the engine checks them when
+   * it prepares the prompt. */
+  if (s->model == NULL)
+    return TRUE;
   const char *name = gmd_part_type_name (part->type);
   if (!has_modality (s, name))
     {
-      gboolean have_mmproj = s->model != NULL && s->model->mmproj_path != NULL;
+      const char *why = s->model->mmproj_path == NULL ? "no mmproj loaded"
+                        : part->type == GMD_PART_IMAGE ? "the mmproj has no vision encoder"
+                        : "this build has no encoder for it";
       gmd_set_field_error (error, GMD_ERROR_UNSUPPORTED_MEDIA, field,
-                           "%s input is not available: %s", name,
-                           have_mmproj ? "this build has no encoder for it" : "no mmproj loaded");
+                           "%s input is not available: %s", name, why);
       return FALSE;
     }
   return TRUE;
@@ -806,6 +828,8 @@ gmd_service_submit (GmdService *s, GmdClient *client, GmdSession *session, GPtrA
   job->spec = gmd_prompt_spec_new (session ? FALSE : opts->raw, thinking, system,
                                    session ? session->history : NULL, owned_parts);
   job->max_prompt_tokens = lim->max_prompt_tokens;
+  job->image_tokens = opts->image_tokens;
+  job->max_image_pixels = lim->max_image_pixels;
   job->session_id = session ? session->id : 0;
   job->context_size = r->context_size;
   job->cache_slots = s->config->cache_slots;

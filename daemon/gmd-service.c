@@ -8,8 +8,6 @@
 
 enum { STR_LOAD_ERROR, STR_MODEL_NAME, STR_MODEL_PATH, STR_ARCHITECTURE, STR_QUANTIZATION };
 
-static const char *const text_modalities[] = { "text", NULL };
-static const char *const no_media_types[] = { NULL };
 
 const char *
 gmd_load_state_name (GmdLoadState s)
@@ -142,6 +140,8 @@ describe_model (GmdService *s)
   s->info.n_params = m ? m->n_params : 0;
   s->info.file_bytes = m ? m->file_bytes : 0;
   s->info.threads = m ? s->model_threads : s->info.threads;
+  s->info.modalities = gmd_model_modalities (m);
+  s->info.media_types = gmd_model_media_types (m);
   gmd_service_notify_changed (s);
 }
 
@@ -655,8 +655,8 @@ gmd_service_new (const GmdConfig *config, GError **error)
   s->changed_handlers = g_array_new (FALSE, FALSE, sizeof (ChangedHandler));
   for (int i = 0; i < (int) G_N_ELEMENTS (s->info_strings); i++)
     set_info_string (s, i, "");
-  s->info.modalities = text_modalities;
-  s->info.media_types = no_media_types;
+  s->info.modalities = gmd_model_modalities (NULL);
+  s->info.media_types = gmd_model_media_types (NULL);
   s->info.context_size = s->config->context_size;
   s->info.threads = resolve_threads (s->config->threads);
   s->info.load_state = GMD_LOAD_UNLOADED;

@@ -121,8 +121,9 @@ const char *gmd_request_state_name (GmdRequestState s);  /* "queued", "loading",
 typedef struct {
   GmdRequestState state;
   guint32 queue_position;     /* QUEUED: 0 = next */
-  guint32 prompt_done;        /* PREFILL */
-  guint32 prompt_total;       /* PREFILL */
+  guint32 prompt_done;        /* PREFILL: positions; ENCODING: media parts encoded
+                                 (the front ends call them media_done/media_total) */
+  guint32 prompt_total;       /* PREFILL: positions; ENCODING: media parts to encode */
 } GmdProgress;
 
 typedef enum {

@@ -5,6 +5,8 @@
 
 #include <string.h>
 
+#include "gmd-image.h"
+
 const char *
 gmd_close_reason_name (GmdCloseReason r)
 {
@@ -94,7 +96,10 @@ gmd_session_get_history (GmdSession *session)
   for (guint i = 0; i < session->history->len; i++)
     {
       const GmdMessage *m = session->history->pdata[i];
-      g_ptr_array_add (out, gmd_message_new (m->role, m->text));
+      GmdMessage *c = gmd_message_new (m->role, m->text);
+      if (m->media != NULL)
+        c->media = g_array_ref (m->media);
+      g_ptr_array_add (out, c);
     }
   return out;
 }
@@ -108,7 +113,7 @@ measure (GmdService *s, const char *system, gboolean thinking, GPtrArray *histor
 {
   g_autoptr (GmdPromptSpec) spec = gmd_prompt_spec_new (FALSE, thinking, system, history, NULL);
   gm_prompt p;
-  gboolean ok = gmd_prompt_render (s->model, spec, NULL, &p, error);
+  gboolean ok = gmd_prompt_render (s->model, spec, NULL, NULL, &p, error);
   if (ok)
     *out = (guint32) p.n_positions;
   gm_prompt_free (&p);
@@ -390,6 +395,43 @@ gmd_session_turn_accepted (GmdSession *session, GmdRequest *request)
   stop_idle_timer (session);
 }
 
+/* A kept turn with images: its user message gets the turn's parts, images as their
+ * encoded soft tokens (the file's bytes go with the request), so a rebuilt cache sees
+ * the same prompt; GetHistory lists them as (type, soft_tokens). FALSE when an image
+ * was never encoded (the turn did not get that far). */
+static gboolean
+keep_turn_parts (GmdMessage *user, GmdJob *job)
+{
+  GPtrArray *parts = job->spec->parts;
+  guint n_images = job->images ? job->images->len : 0;
+  if (n_images == 0)
+    return TRUE;
+  g_autoptr (GPtrArray) kept = g_ptr_array_new_with_free_func ((GDestroyNotify) gmd_part_free);
+  g_autoptr (GArray) media = g_array_new (FALSE, FALSE, sizeof (GmdHistoryMedia));
+  guint next = 0;
+  for (guint i = 0; parts != NULL && i < parts->len; i++)
+    {
+      const GmdPart *part = parts->pdata[i];
+      if (part->type == GMD_PART_TEXT)
+        {
+          GmdPart *t = g_new0 (GmdPart, 1);
+          t->type = GMD_PART_TEXT;
+          t->text = g_strdup (part->text ? part->text : "");
+          g_ptr_array_add (kept, t);
+          continue;
+        }
+      GmdImage *image = next < n_images ? job->images->pdata[next++] : NULL;
+      if (image == NULL || image->embd == NULL)
+        return FALSE;
+      g_ptr_array_add (kept, gmd_part_new_encoded_image (image));
+      GmdHistoryMedia hm = { .type = GMD_PART_IMAGE, .soft_tokens = image->n_soft_tokens };
+      g_array_append_val (media, hm);
+    }
+  user->parts = g_steal_pointer (&kept);
+  user->media = g_steal_pointer (&media);
+  return TRUE;
+}
+
 void
 gmd_session_turn_ended (GmdSession *session, GmdRequest *request, const GmdJobResult *result)
 {
@@ -402,7 +444,12 @@ gmd_session_turn_ended (GmdSession *session, GmdRequest *request, const GmdJobRe
       gboolean has_text = result != NULL && result->answer != NULL && result->answer[0];
       gboolean failed = result == NULL || result->stop_reason == GMD_STOP_CANCELLED ||
                         result->stop_reason == GMD_STOP_ERROR;
-      if (has_text || !failed)
+      GmdMessage *user = session->history->len > 0
+                             ? session->history->pdata[session->history->len - 1] : NULL;
+      gboolean keep = has_text || !failed;
+      if (keep && user != NULL && !keep_turn_parts (user, request->job))
+        keep = FALSE;
+      if (keep)
         {
           /* the answer as far as it got; thought text is not kept */
           g_ptr_array_add (session->history,

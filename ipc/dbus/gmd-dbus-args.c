@@ -515,6 +515,11 @@ gmd_dbus_progress_to_variant (const GmdProgress *p)
       g_variant_builder_add (&b, "{sv}", "prompt_done", g_variant_new_uint32 (p->prompt_done));
       g_variant_builder_add (&b, "{sv}", "prompt_total", g_variant_new_uint32 (p->prompt_total));
     }
+  if (p->state == GMD_STATE_ENCODING)
+    {
+      g_variant_builder_add (&b, "{sv}", "media_done", g_variant_new_uint32 (p->prompt_done));
+      g_variant_builder_add (&b, "{sv}", "media_total", g_variant_new_uint32 (p->prompt_total));
+    }
   return g_variant_builder_end (&b);
 }
 

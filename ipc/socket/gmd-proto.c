@@ -1050,6 +1050,11 @@ gmd_proto_progress_line (const GmdProtoId *id, const GmdProgress *progress)
       gmd_json_writer_member_uint (&w, "prompt_done", progress->prompt_done);
       gmd_json_writer_member_uint (&w, "prompt_total", progress->prompt_total);
     }
+  else if (progress->state == GMD_STATE_ENCODING)
+    {
+      gmd_json_writer_member_uint (&w, "media_done", progress->prompt_done);
+      gmd_json_writer_member_uint (&w, "media_total", progress->prompt_total);
+    }
   return end_message (&w);
 }
 

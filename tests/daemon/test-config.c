@@ -372,7 +372,8 @@ test_limits_variant (void)
                              "max_prompt_tokens", "max_tokens_limit", "max_media_parts",
                              "max_audio_seconds", "max_stop_strings", "max_stop_bytes",
                              "session_idle_timeout", "max_fds_per_line" };
-  const char *u64_keys[] = { "max_text_bytes", "max_media_bytes", "max_line_bytes" };
+  const char *u64_keys[] = { "max_text_bytes", "max_media_bytes", "max_line_bytes",
+                             "max_image_pixels" };
 
   gmd_limits_init_default (&l);
   v = g_variant_ref_sink (gmd_limits_to_variant (&l, 4096));

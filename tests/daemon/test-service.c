@@ -5,7 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "gmd-test-mmproj.h"
+#include "gmd-engine.h"
 #include "gmd-service.h"
+#include "vision/image-decode.h"
+#include "vision/image-preprocess.h"
 
 static char *tiny_model_path;
 
@@ -71,7 +75,7 @@ on_progress (GmdRequest *r, const GmdProgress *p, gpointer user_data)
   g_array_append_val (c->states, p->state);
   if (p->state == GMD_STATE_QUEUED)
     g_array_append_val (c->positions, p->queue_position);
-  if (p->state == GMD_STATE_PREFILL)
+  if (p->state == GMD_STATE_PREFILL || p->state == GMD_STATE_ENCODING)
     g_assert_cmpuint (p->prompt_done, <=, p->prompt_total);
 }
 
@@ -1159,6 +1163,524 @@ test_model_switch_drain (void)
   gmd_service_free (s);
 }
 
+/* ---- images ---------------------------------------------------------------------------- */
+
+static char *tower_path;      /* the committed tiny gemma4v tower (projection width 64) */
+static char *mmproj_path;     /* it with position tables for grids up to 128 patches */
+static char *images_dir;
+
+static GBytes *
+image_file (const char *name)
+{
+  g_autofree char *path = g_build_filename (images_dir, name, NULL);
+  g_autoptr (GError) error = NULL;
+  char *data = NULL;
+  gsize len = 0;
+  g_file_get_contents (path, &data, &len, &error);
+  g_assert_no_error (error);
+  return g_bytes_new_take (data, len);
+}
+
+/* Soft tokens of an image file at a budget, as the vision library counts them. */
+static guint32
+soft_tokens_of (const char *name, int budget)
+{
+  g_autoptr (GBytes) bytes = image_file (name);
+  gsize len = 0;
+  const guint8 *data = g_bytes_get_data (bytes, &len);
+  gm_image img = { 0 };
+  gm_image_patches p = { 0 };
+  gm_error err = { 0 };
+  g_assert_cmpint (gm_image_decode (data, len, NULL, &img, &err), ==, GM_OK);
+  g_assert_cmpint (gm_image_preprocess (&img, budget, &p, &err), ==, GM_OK);
+  guint32 n = p.n_soft_tokens;
+  gm_image_patches_free (&p);
+  gm_image_free (&img);
+  return n;
+}
+
+static GmdConfig *
+vision_config (void)
+{
+  GmdConfig *config = test_config ();
+  config->mmproj_path = g_strdup (mmproj_path);
+  return config;
+}
+
+/* Parts from a spec: "@name" is that image file, anything else text. */
+static GPtrArray *
+mixed_parts (const char *const *spec)
+{
+  GPtrArray *parts = g_ptr_array_new_with_free_func ((GDestroyNotify) gmd_part_free);
+  for (guint i = 0; spec[i] != NULL; i++)
+    {
+      if (spec[i][0] == '@')
+        {
+          g_autoptr (GBytes) bytes = image_file (spec[i] + 1);
+          g_ptr_array_add (parts, gmd_part_new_media (GMD_PART_IMAGE, bytes));
+          continue;
+        }
+      g_autoptr (GError) error = NULL;
+      g_autofree char *field = g_strdup_printf ("content[%u]", i);
+      g_ptr_array_add (parts, gmd_part_new_text (spec[i], strlen (spec[i]), field, &error));
+      g_assert_no_error (error);
+    }
+  return parts;
+}
+
+static Collect *
+submit_parts (GmdService *s, GmdClient *client, GmdSession *session, GPtrArray *parts,
+              GmdOptions *o, GError **error)
+{
+  Collect *c = collect_new ();
+  c->request = gmd_service_submit (s, client, session, parts, o, &sink, c, error);
+  if (c->request == NULL)
+    {
+      collect_free (c);
+      return NULL;
+    }
+  return c;
+}
+
+/* Submits, waits, and checks that it generated max_tokens. */
+static Collect *
+run_parts (GmdService *s, GmdClient *client, GmdSession *session, const char *const *spec,
+           GmdOptions *o)
+{
+  g_autoptr (GError) error = NULL;
+  gint32 max_tokens = o->max_tokens;
+  Collect *c = submit_parts (s, client, session, mixed_parts (spec), o, &error);
+  g_assert_no_error (error);
+  wait_finished (c);
+  if (c->summary.stop_reason != GMD_STOP_MAX_TOKENS)
+    g_error ("stop_reason %d: %s", c->summary.stop_reason,
+             c->error_message ? c->error_message : "");
+  g_assert_cmpuint (c->summary.generated_tokens, ==, (guint) max_tokens);
+  return c;
+}
+
+static GmdOptions *
+greedy (gint32 max_tokens)
+{
+  GmdOptions *o = options (max_tokens, 7);
+  o->sampling.temperature = 0;
+  o->set |= GMD_OPT_TEMPERATURE;
+  return o;
+}
+
+static GmdOptions *
+with_image_tokens (GmdOptions *o, guint32 budget)
+{
+  o->image_tokens = budget;
+  o->set |= GMD_OPT_IMAGE_TOKENS;
+  return o;
+}
+
+static guint
+count_state (const Collect *c, GmdRequestState state)
+{
+  guint n = 0;
+  for (guint i = 0; i < c->states->len; i++)
+    n += g_array_index (c->states, GmdRequestState, i) == state;
+  return n;
+}
+
+static void
+test_image_generate (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  GmdService *s = new_service (config);
+  const GmdServiceInfo *info = gmd_service_get_info (s);
+  g_assert_true (g_strv_contains (info->modalities, "text"));
+  g_assert_true (g_strv_contains (info->modalities, "image"));
+  g_assert_false (g_strv_contains (info->modalities, "audio"));
+  g_assert_true (g_strv_contains (info->media_types, "image/png"));
+  g_assert_true (g_strv_contains (info->media_types, "image/jpeg"));
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  static const char *const jpeg[] = { "@jpeg-baseline.jpg", "What is in this picture?", NULL };
+  static const char *const text_only[] = { "What is in this picture?", NULL };
+  g_autoptr (Collect) a = run_parts (s, client, NULL, jpeg, options (12, 42));
+  /* deterministic: the same image and seed give the same text, and the cache recognises
+   * the image (by its embeddings) so only the last position is evaluated again */
+  g_autoptr (Collect) b = run_parts (s, client, NULL, jpeg, options (12, 42));
+  g_assert_cmpstr (b->text->str, ==, a->text->str);
+  g_assert_cmpuint (b->summary.prompt_tokens, ==, a->summary.prompt_tokens);
+  g_assert_cmpuint (b->summary.cached_tokens, ==, a->summary.prompt_tokens - 1);
+  g_autoptr (Collect) t = run_parts (s, client, NULL, text_only, options (12, 42));
+
+  /* encoding comes after the queue and before the prompt, 0/1 then 1/1 */
+  gint first_encoding = -1, first_prefill = -1;
+  for (guint i = 0; i < a->states->len; i++)
+    {
+      GmdRequestState st = g_array_index (a->states, GmdRequestState, i);
+      if (st == GMD_STATE_ENCODING && first_encoding < 0)
+        first_encoding = (gint) i;
+      if (st == GMD_STATE_PREFILL && first_prefill < 0)
+        first_prefill = (gint) i;
+    }
+  g_assert_cmpint (first_encoding, >, 0);
+  g_assert_cmpint (first_prefill, >, first_encoding);
+  g_assert_cmpuint (count_state (a, GMD_STATE_ENCODING), ==, 2);
+  g_assert_cmpuint (count_state (t, GMD_STATE_ENCODING), ==, 0);
+  g_assert_cmpfloat (a->summary.encode_seconds, >, 0.0);
+  g_assert_cmpfloat (t->summary.encode_seconds, ==, 0.0);
+
+  /* the image's soft tokens and its two markers are prompt positions */
+  guint32 n_soft = soft_tokens_of ("jpeg-baseline.jpg", 280);
+  g_assert_cmpuint (n_soft, >, 0);
+  g_assert_cmpuint (a->summary.prompt_tokens, >=, t->summary.prompt_tokens + n_soft + 2);
+  g_assert_cmpuint (a->summary.prompt_tokens, <=, t->summary.prompt_tokens + n_soft + 6);
+
+  /* the image is what the model looks at: another picture of the same kind changes the
+   * greedy answer (its soft tokens are other vectors at the same positions) */
+  static const char *const png[] = { "@rgba8.png", "What is in this picture?", NULL };
+  static const char *const jpeg2[] = { "@jpeg-grey.jpg", "What is in this picture?", NULL };
+  g_autoptr (Collect) g1 = run_parts (s, client, NULL, jpeg, with_image_tokens (greedy (16), 70));
+  g_autoptr (Collect) g2 = run_parts (s, client, NULL, jpeg2, with_image_tokens (greedy (16), 70));
+  g_autoptr (Collect) g3 = run_parts (s, client, NULL, png, with_image_tokens (greedy (16), 70));
+  g_assert_cmpstr (g1->text->str, !=, g2->text->str);
+  g_assert_cmpstr (g1->text->str, !=, g3->text->str);
+  /* the cache shares the text before the image only */
+  g_assert_cmpuint (g2->summary.cached_tokens, <,
+                    g2->summary.prompt_tokens - soft_tokens_of ("jpeg-grey.jpg", 70));
+  gmd_service_free (s);
+}
+
+static void
+test_image_order (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  static const char *const ab[] = { "First", "@jpeg-baseline.jpg", "then", "@rgba8.png",
+                                    "compare them.", NULL };
+  static const char *const ba[] = { "First", "@rgba8.png", "then", "@jpeg-baseline.jpg",
+                                    "compare them.", NULL };
+  static const char *const image_last[] = { "Compare:", "@rgba8.png", NULL };
+  g_autoptr (Collect) x = run_parts (s, client, NULL, ab, with_image_tokens (greedy (16), 70));
+  g_autoptr (Collect) y = run_parts (s, client, NULL, ba, with_image_tokens (greedy (16), 70));
+  g_autoptr (Collect) z = run_parts (s, client, NULL, image_last, with_image_tokens (greedy (4), 70));
+  g_assert_cmpuint (x->summary.prompt_tokens, ==, y->summary.prompt_tokens);
+  g_assert_cmpstr (x->text->str, !=, y->text->str);
+  g_assert_cmpuint (x->summary.prompt_tokens, >=,
+                    soft_tokens_of ("jpeg-baseline.jpg", 70) + soft_tokens_of ("rgba8.png", 70) + 4);
+  g_assert_cmpuint (count_state (x, GMD_STATE_ENCODING), ==, 3);   /* 0/2, 1/2, 2/2 */
+  g_assert_cmpuint (count_state (z, GMD_STATE_ENCODING), ==, 2);
+  gmd_service_free (s);
+}
+
+static void
+test_image_tokens_accounting (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  static const char *const jpeg[] = { "@jpeg-baseline.jpg", "Describe.", NULL };
+  g_autoptr (Collect) small = run_parts (s, client, NULL, jpeg, with_image_tokens (options (2, 1), 70));
+  g_autoptr (Collect) large = run_parts (s, client, NULL, jpeg, with_image_tokens (options (2, 1), 140));
+  guint32 n70 = soft_tokens_of ("jpeg-baseline.jpg", 70);
+  guint32 n140 = soft_tokens_of ("jpeg-baseline.jpg", 140);
+  g_assert_cmpuint (n70, <, n140);
+  /* only the image's own positions differ */
+  g_assert_cmpuint (large->summary.prompt_tokens - small->summary.prompt_tokens, ==, n140 - n70);
+  gmd_service_free (s);
+
+  /* max_prompt_tokens counts the image: the text alone fits, with the image it does not */
+  g_autoptr (GmdConfig) capped = vision_config ();
+  capped->limits.max_prompt_tokens = small->summary.prompt_tokens - 1;
+  s = new_service (capped);
+  g_autoptr (GmdClient) c2 = gmd_service_get_client (s, "a", 1000);
+  static const char *const text_only[] = { "Describe.", NULL };
+  g_autoptr (Collect) fits = run_parts (s, c2, NULL, text_only, options (2, 1));
+  g_autoptr (GError) error = NULL;
+  g_autoptr (Collect) over = submit_parts (s, c2, NULL, mixed_parts (jpeg),
+                                           with_image_tokens (options (2, 1), 70), &error);
+  g_assert_no_error (error);
+  wait_finished (over);
+  g_assert_false (over->first_was_progress);
+  g_assert_cmpint (over->summary.error_code, ==, GMD_ERROR_LIMIT_EXCEEDED);
+  g_assert_nonnull (strstr (over->error_message, "max_prompt_tokens"));
+  gmd_service_free (s);
+}
+
+/* A request whose image fails in the prompt worker: an error before acceptance. */
+static void
+expect_image_error (GmdService *s, GmdClient *client, GBytes *bytes, GmdErrorCode code,
+                    const char *expect)
+{
+  GPtrArray *parts = text_parts ("Look:");
+  g_ptr_array_add (parts, gmd_part_new_media (GMD_PART_IMAGE, bytes));
+  g_autoptr (GError) error = NULL;
+  g_autoptr (Collect) c = submit_parts (s, client, NULL, parts, options (4, 1), &error);
+  g_assert_no_error (error);
+  wait_finished (c);
+  g_assert_false (c->first_was_progress);
+  g_assert_cmpint (c->summary.stop_reason, ==, GMD_STOP_ERROR);
+  g_assert_cmpint (c->summary.error_code, ==, code);
+  g_assert_true (g_str_has_prefix (c->error_message, "content[1]: "));
+  if (strstr (c->error_message, expect) == NULL)
+    g_error ("'%s' does not contain '%s'", c->error_message, expect);
+}
+
+static void
+test_image_errors (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  config->limits.max_image_pixels = 200;   /* rgba8.png has 117 pixels, jpeg-baseline 294 */
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+
+  g_autoptr (GBytes) jpeg = image_file ("jpeg-baseline.jpg");
+  g_autoptr (GBytes) cut = g_bytes_new_from_bytes (jpeg, 0, g_bytes_get_size (jpeg) / 2);
+  expect_image_error (s, client, cut, GMD_ERROR_UNSUPPORTED_MEDIA, "JPEG: ");
+  g_autoptr (GBytes) png = image_file ("rgba8.png");
+  g_autoptr (GBytes) png_cut = g_bytes_new_from_bytes (png, 0, 60);
+  expect_image_error (s, client, png_cut, GMD_ERROR_UNSUPPORTED_MEDIA, "PNG: ");
+  /* a JPEG header followed by garbage */
+  static const guint8 junk[] = { 0xFF, 0xD8, 0xFF, 0xE0, 0, 16, 'J', 'F', 'I', 'F', 0, 1, 2, 3,
+                                 4, 5, 6, 7, 8, 9, 10, 11, 12, 13 };
+  g_autoptr (GBytes) junk_bytes = g_bytes_new_static (junk, sizeof junk);
+  expect_image_error (s, client, junk_bytes, GMD_ERROR_UNSUPPORTED_MEDIA, "JPEG: ");
+  /* above max_image_pixels */
+  expect_image_error (s, client, jpeg, GMD_ERROR_LIMIT_EXCEEDED, "max_image_pixels");
+
+  /* recognised but not decoded, or not an image at all: refused at submission */
+  static const guint8 gif[] = { 'G', 'I', 'F', '8', '9', 'a', 1, 0, 1, 0, 0, 0, 0 };
+  expect_media_error (s, client, GMD_PART_IMAGE, gif, sizeof gif, "only PNG and JPEG");
+  static const char webp[] = "RIFF\x24\0\0\0WEBPVP8 ";
+  expect_media_error (s, client, GMD_PART_IMAGE, webp, sizeof webp - 1, "only PNG and JPEG");
+  expect_media_error (s, client, GMD_PART_IMAGE, "not an image", 12, "starts with 6e 6f 74 20");
+  /* audio stays unavailable (the mmproj has no audio tower) */
+  static const char wav[] = "RIFF\x24\0\0\0WAVEfmt ";
+  expect_media_error (s, client, GMD_PART_AUDIO, wav, sizeof wav - 1,
+                      "audio input is not available");
+
+  /* the service still serves images */
+  static const char *const ok[] = { "@rgba8.png", "And this?", NULL };
+  g_autoptr (Collect) c = run_parts (s, client, NULL, ok, options (4, 1));
+  g_assert_true (service_idle (s));
+  gmd_service_free (s);
+}
+
+/* The engine waits after the first of two images until the test has cancelled. */
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  gboolean released;
+  guint calls;
+} EncodeGate;
+
+static void
+gate_hook (GmdJob *job, guint done, guint total, gpointer user_data)
+{
+  EncodeGate *g = user_data;
+  g_mutex_lock (&g->lock);
+  g->calls++;
+  while (done == 1 && total == 2 && !g->released)
+    g_cond_wait (&g->cond, &g->lock);
+  g_mutex_unlock (&g->lock);
+}
+
+static gboolean
+saw_first_image (gpointer data)
+{
+  Collect *c = data;
+  return c->finished || count_state (c, GMD_STATE_ENCODING) >= 2;
+}
+
+static void
+test_image_cancel_encoding (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  EncodeGate gate = { 0 };
+  g_mutex_init (&gate.lock);
+  g_cond_init (&gate.cond);
+  gmd_engine_set_image_hook (gate_hook, &gate);
+
+  static const char *const two[] = { "@jpeg-baseline.jpg", "@rgba8.png", "Compare.", NULL };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (Collect) c = submit_parts (s, client, NULL, mixed_parts (two),
+                                        with_image_tokens (options (8, 1), 70), &error);
+  g_assert_no_error (error);
+  wait_until (saw_first_image, c, 60);
+  g_assert_false (c->finished);
+  g_assert_cmpint (gmd_request_get_state (c->request), ==, GMD_STATE_ENCODING);
+  g_assert_true (gmd_request_cancel (c->request, GMD_CANCEL_CLIENT));
+  g_mutex_lock (&gate.lock);
+  gate.released = TRUE;
+  g_cond_signal (&gate.cond);
+  g_mutex_unlock (&gate.lock);
+  wait_finished (c);
+
+  g_assert_cmpint (c->summary.stop_reason, ==, GMD_STOP_CANCELLED);
+  g_assert_cmpint (c->summary.cancel_reason, ==, GMD_CANCEL_CLIENT);
+  g_assert_cmpuint (count_state (c, GMD_STATE_PREFILL), ==, 0);
+  g_assert_cmpuint (c->summary.generated_tokens, ==, 0);
+  g_assert_cmpuint (gate.calls, ==, 1);   /* the second image was never encoded */
+  gmd_engine_set_image_hook (NULL, NULL);
+
+  static const char *const next[] = { "@rgba8.png", "Next.", NULL };
+  g_autoptr (Collect) after = run_parts (s, client, NULL, next, options (4, 1));
+  gmd_service_free (s);
+  g_mutex_clear (&gate.lock);
+  g_cond_clear (&gate.cond);
+}
+
+static Collect *
+run_turn (GmdService *s, GmdClient *client, GmdSession *session, const char *const *spec)
+{
+  return run_parts (s, client, session, spec, with_image_tokens (greedy (6), 70));
+}
+
+static void
+test_image_session (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  config->cache_slots = 1;
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  ClosedInfo ci[3] = { 0 };
+  g_autoptr (GError) error = NULL;
+  g_autoptr (GmdSession) a = open_session (s, client, NULL, 0, &ci[0], &error);
+  g_assert_no_error (error);
+  g_autoptr (GmdSession) b = open_session (s, client, NULL, 0, &ci[1], &error);
+  g_assert_no_error (error);
+  g_autoptr (GmdSession) other = open_session (s, client, NULL, 0, &ci[2], &error);
+  g_assert_no_error (error);
+
+  static const char *const turn1[] = { "Look", "@jpeg-baseline.jpg", "at this.", NULL };
+  static const char *const turn2[] = { "And now?", NULL };
+  guint32 n_soft = soft_tokens_of ("jpeg-baseline.jpg", 70);
+
+  /* a: two turns back to back, the second on the cached conversation (image included) */
+  g_autoptr (Collect) a1 = run_turn (s, client, a, turn1);
+  g_autoptr (Collect) a2 = run_turn (s, client, a, turn2);
+  g_assert_cmpuint (a2->summary.cached_tokens, >, n_soft);
+  g_assert_cmpuint (a2->summary.prompt_tokens, >, a1->summary.prompt_tokens);
+  g_assert_cmpuint (gmd_session_get_context_used (a), >=, a2->summary.prompt_tokens);
+
+  /* b: the same turns, but another session takes the only cache slot in between, so its
+   * second turn rebuilds the conversation from the kept soft tokens */
+  g_autoptr (Collect) b1 = run_turn (s, client, b, turn1);
+  static const char *const elsewhere[] = { "Unrelated.", NULL };
+  g_autoptr (Collect) o1 = run_turn (s, client, other, elsewhere);
+  g_autoptr (Collect) b2 = run_turn (s, client, b, turn2);
+  g_assert_cmpstr (b1->text->str, ==, a1->text->str);
+  g_assert_cmpuint (b2->summary.cached_tokens, ==, 0);
+  g_assert_cmpuint (b2->summary.prompt_tokens, ==, a2->summary.prompt_tokens);
+  g_assert_cmpstr (b2->text->str, ==, a2->text->str);
+
+  /* GetHistory: the image as (type, soft_tokens) without data, then the joined text */
+  g_autoptr (GPtrArray) history = gmd_session_get_history (b);
+  g_assert_cmpuint (history->len, ==, 4);
+  const GmdMessage *user = history->pdata[0];
+  g_assert_cmpint (user->role, ==, GMD_ROLE_USER);
+  g_assert_cmpstr (user->text, ==, "Lookat this.");
+  g_assert_nonnull (user->media);
+  g_assert_cmpuint (user->media->len, ==, 1);
+  g_assert_cmpint (g_array_index (user->media, GmdHistoryMedia, 0).type, ==, GMD_PART_IMAGE);
+  g_assert_cmpuint (g_array_index (user->media, GmdHistoryMedia, 0).soft_tokens, ==, n_soft);
+  const GmdMessage *second = history->pdata[2];
+  g_assert_null (second->media);
+
+  /* Truncate keeps the image's positions in the occupancy */
+  g_assert_true (gmd_session_truncate (b, 2, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (gmd_session_get_context_used (b), >, n_soft);
+  g_assert_cmpuint (gmd_session_get_context_used (b), <, a2->summary.prompt_tokens);
+  gmd_service_free (s);
+}
+
+static void
+test_image_no_mmproj (void)
+{
+  g_autoptr (GmdConfig) config = test_config ();
+  GmdService *s = new_service (config);
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_assert_false (g_strv_contains (gmd_service_get_info (s)->modalities, "image"));
+  g_assert_cmpuint (g_strv_length ((char **) gmd_service_get_info (s)->media_types), ==, 0);
+  g_autoptr (GBytes) png = image_file ("rgba8.png");
+  gsize len = 0;
+  const void *data = g_bytes_get_data (png, &len);
+  expect_media_error (s, client, GMD_PART_IMAGE, data, len, "no mmproj loaded");
+  gmd_service_free (s);
+}
+
+static char *
+write_mmproj (GmdTestMmprojKind kind, int projection, int positions)
+{
+  g_autofree char *path = NULL;
+  int fd = g_file_open_tmp ("gmd-mmproj-XXXXXX.gguf", &path, NULL);
+  g_assert_cmpint (fd, >=, 0);
+  close (fd);
+  gm_error err = { 0 };
+  if (gmd_test_write_mmproj (tower_path, path, kind, projection, positions, &err) != GM_OK)
+    g_error ("writing %s: %s", path, err.msg);
+  return g_steal_pointer (&path);
+}
+
+static void
+test_image_mmproj_checks (void)
+{
+  /* a projection to another width than the text model's is refused, naming both files */
+  g_autofree char *narrow = write_mmproj (GMD_TEST_MMPROJ_VISION, 32, 0);
+  g_autoptr (GmdConfig) config = test_config ();
+  config->mmproj_path = g_strdup (narrow);
+  GmdService *s = gmd_service_new (config, NULL);
+  gmd_service_wait_loaded (s);
+  const GmdServiceInfo *info = gmd_service_get_info (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_FAILED);
+  g_assert_nonnull (strstr (info->load_error, narrow));
+  g_assert_nonnull (strstr (info->load_error, tiny_model_path));
+  g_assert_nonnull (strstr (info->load_error, "width 32"));
+  g_assert_nonnull (strstr (info->load_error, "width 64"));
+
+  /* LoadModel: an mmproj with only an audio tower loads, without the image modality */
+  g_autofree char *audio_only = write_mmproj (GMD_TEST_MMPROJ_AUDIO_ONLY, 0, 0);
+  g_autoptr (GError) error = NULL;
+  g_assert_true (gmd_service_load_model (s, tiny_model_path, audio_only, 0, 0, TRUE, NULL,
+                                         NULL, &error));
+  g_assert_no_error (error);
+  gmd_service_wait_loaded (s);
+  g_assert_cmpint (info->load_state, ==, GMD_LOAD_LOADED);
+  g_assert_false (g_strv_contains (info->modalities, "image"));
+  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
+  g_autoptr (GBytes) png = image_file ("rgba8.png");
+  gsize len = 0;
+  const void *data = g_bytes_get_data (png, &len);
+  expect_media_error (s, client, GMD_PART_IMAGE, data, len, "the mmproj has no vision encoder");
+
+  /* then the real tower: images work, and the modality shows */
+  LoadDone ld = { 0 };
+  g_assert_true (gmd_service_load_model (s, tiny_model_path, mmproj_path, 0, 0, TRUE,
+                                         on_load_done, &ld, &error));
+  g_assert_no_error (error);
+  wait_until (load_done, &ld, 30);
+  g_assert_true (ld.ok);
+  g_assert_true (g_strv_contains (info->modalities, "image"));
+  static const char *const ok[] = { "@rgba8.png", "Hi.", NULL };
+  g_autoptr (Collect) c = run_parts (s, client, NULL, ok, options (2, 1));
+  gmd_service_free (s);
+
+  /* a GGUF with neither tower is not an mmproj */
+  g_autofree char *plain = write_mmproj (GMD_TEST_MMPROJ_NO_TOWER, 0, 0);
+  g_autoptr (GmdConfig) config2 = test_config ();
+  config2->mmproj_path = g_strdup (plain);
+  s = gmd_service_new (config2, NULL);
+  gmd_service_wait_loaded (s);
+  g_assert_cmpint (gmd_service_get_info (s)->load_state, ==, GMD_LOAD_FAILED);
+  g_assert_nonnull (strstr (gmd_service_get_info (s)->load_error, "neither a vision nor an audio"));
+  gmd_service_free (s);
+  g_unlink (narrow);
+  g_unlink (audio_only);
+  g_unlink (plain);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1166,6 +1688,13 @@ main (int argc, char **argv)
   const char *tools = g_getenv ("GEMMAD_BUILD_TOOLS");
   g_autofree char *rel = g_build_filename (tools ? tools : ".", "gemma4-tiny.gguf", NULL);
   tiny_model_path = g_canonicalize_filename (rel, NULL);  /* load_model wants it absolute */
+  const char *conformance = g_getenv ("GEMMAD_CONFORMANCE_DIR");
+  const char *data = g_getenv ("GEMMAD_TEST_DATA");
+  g_autofree char *proj = g_build_filename (conformance ? conformance : ".", "vision-tower",
+                                            "e-clipped.gguf", NULL);
+  tower_path = g_canonicalize_filename (proj, NULL);
+  mmproj_path = write_mmproj (GMD_TEST_MMPROJ_VISION, 0, 128);
+  images_dir = g_build_filename (data ? data : ".", "images", NULL);
   g_test_add_func ("/service/load-info", test_load_info);
   g_test_add_func ("/service/stream-determinism", test_stream_and_determinism);
   g_test_add_func ("/service/raw-thinking", test_raw_and_thinking);
@@ -1186,7 +1715,19 @@ main (int argc, char **argv)
   g_test_add_func ("/service/model-switch-drain", test_model_switch_drain);
   g_test_add_func ("/service/session-idle", test_session_idle);
   g_test_add_func ("/service/reload-config", test_reload_config);
+  g_test_add_func ("/service/image/generate", test_image_generate);
+  g_test_add_func ("/service/image/order", test_image_order);
+  g_test_add_func ("/service/image/tokens-accounting", test_image_tokens_accounting);
+  g_test_add_func ("/service/image/errors", test_image_errors);
+  g_test_add_func ("/service/image/cancel-encoding", test_image_cancel_encoding);
+  g_test_add_func ("/service/image/session", test_image_session);
+  g_test_add_func ("/service/image/no-mmproj", test_image_no_mmproj);
+  g_test_add_func ("/service/image/mmproj-checks", test_image_mmproj_checks);
   int rc = g_test_run ();
   g_free (tiny_model_path);
+  g_unlink (mmproj_path);
+  g_free (mmproj_path);
+  g_free (tower_path);
+  g_free (images_dir);
   return rc;
 }
