@@ -1,7 +1,8 @@
 /* gemma-run — one-shot, in-process generation: load a Gemma 4 GGUF, run a prompt, stream
  * the text. Also the conformance interface (--tokens + --dump-logits), a tokenizer
- * front end (--tokenize) and the image preprocessing dump (--dump-image-patches, no model
- * needed). Usage in docs/tools.md.
+ * front end (--tokenize) and the media inspection dumps (--dump-image-patches, --dump-mel;
+ * no model needed). Images and sound files (--image, --audio) go into the user turn in
+ * command-line order, before the text. Usage in docs/tools.md.
  *
  * Exit codes: 0 ok, 1 usage, 2 model (or vocabulary / mmproj) load error, 3 runtime error.
  */
@@ -23,6 +24,10 @@
 #include "decoder/sampler.h"
 #include "decoder/tokenizer.h"
 #include "tool-common.h"
+#include "audio/audio-decode.h"
+#include "audio/audio-embed.h"
+#include "audio/audio-encoder.h"
+#include "audio/audio-features.h"
 #include "vision/image-decode.h"
 #include "vision/image-embed.h"
 #include "vision/image-preprocess.h"
@@ -32,7 +37,7 @@ static const char *prog = "gemma-run";
 
 #define MAX_STOP 16
 #define DEFAULT_MAX_TOKENS 256
-#define MAX_IMAGES 16
+#define MAX_MEDIA 16
 #define DEFAULT_IMAGE_TOKENS 280
 
 typedef struct options {
@@ -40,10 +45,13 @@ typedef struct options {
     char *joined_prompt;       /* positional words, joined */
     const char *stop[MAX_STOP];
     size_t n_stop;
-    const char *images[MAX_IMAGES];
-    size_t n_images;
+    struct {
+        gm_part_type type;     /* GM_PART_IMAGE or GM_PART_AUDIO */
+        const char *path;
+    } media[MAX_MEDIA];        /* --image / --audio in command-line order */
+    size_t n_media, n_images, n_audio;
     long image_tokens;
-    const char *dump_patches;
+    const char *dump_patches, *dump_mel;
     long threads, ctx, batch, max_tokens;
     bool max_tokens_set, seed_set;
     long seed;
@@ -51,6 +59,12 @@ typedef struct options {
     long top_k, repeat_last_n;
     bool think, raw, tokenize, bos, special, verbose, quiet, ids;
 } options;
+
+/* What one --image / --audio file became. */
+typedef struct media_embedding {
+    gm_image_embedding image;
+    gm_audio_embedding audio;
+} media_embedding;
 
 static volatile sig_atomic_t interrupted;
 
@@ -67,10 +81,12 @@ static void usage(FILE *f)
         "       gemma-run -m MODEL.gguf --tokens \"2 105 ...\" [--dump-logits FILE] [-n N]\n"
         "       gemma-run -m MODEL_OR_VOCAB.gguf --tokenize [--bos] [--special] < text\n"
         "       gemma-run --image FILE [--image-tokens N] --dump-image-patches OUT.f32\n"
+        "       gemma-run --audio FILE --dump-mel OUT.f32\n"
         "\n"
         "  -m, --model FILE         Gemma 4 text GGUF\n"
         "  --mmproj FILE            multimodal projector GGUF (its gemma4v vision encoder turns\n"
-        "                           --image files into soft tokens)\n"
+        "                           --image files into soft tokens, its gemma4a audio encoder\n"
+        "                           --audio files)\n"
         "  -p, --prompt TEXT        the user message (or give it as trailing words)\n"
         "  --system TEXT            system message\n"
         "  --think                  enable thinking (<|think|> in the system turn)\n"
@@ -88,15 +104,22 @@ static void usage(FILE *f)
         "  --batch N                prefill chunk size (default 512)\n"
         "  --dump-logits FILE       write the prompt's logits (f32 little-endian, one row of\n"
         "                           n_vocab per prompt position)\n"
-        "  --image FILE             a PNG or JPEG image (repeatable, up to %d), put in the user\n"
-        "                           turn before the text, in order; needs --mmproj (with\n"
-        "                           --raw: after BOS, before the text)\n"
+        "  --image FILE             a PNG or JPEG image; --image and --audio are repeatable\n"
+        "                           (up to %d files together) and go into the user turn in\n"
+        "                           command-line order, before the text; need --mmproj\n"
+        "                           (with --raw: after BOS, before the text)\n"
+        "  --audio FILE             a sound file (WAV, FLAC, Ogg Vorbis/Opus, MP3, anything\n"
+        "                           libsndfile reads); each 30 s clip is its own audio block\n"
         "  --image-tokens N         soft-token budget per image: 70, 140, 280, 560 or 1120\n"
         "                           (default %d)\n"
         "  --dump-image-patches FILE  preprocess the first --image as transformers does and\n"
         "                           write its 16x16 patches (f32 little-endian, 768 values in\n"
         "                           [0, 1] per patch, row-major patches); prints \"grid WxH\"\n"
         "                           on stderr; needs no model\n"
+        "  --dump-mel FILE          write the first --audio file's log-mel features as\n"
+        "                           transformers computes them (f32 little-endian, 128 values\n"
+        "                           per frame, clip 0's frames, then clip 1's, ...); prints\n"
+        "                           \"clip K: N frames\" per 30 s clip on stderr; needs no model\n"
         "  --ids                    print generated token ids instead of text\n"
         "  --special                render control tokens in the output; with --tokenize, parse\n"
         "                           special-token strings in the input\n"
@@ -105,7 +128,7 @@ static void usage(FILE *f)
         "  --bos                    with --tokenize: prepend BOS\n"
         "  --verbose                model description, prompt ids and settings on stderr\n"
         "  --quiet                  no statistics on stderr\n",
-        DEFAULT_MAX_TOKENS, MAX_STOP, MAX_IMAGES, DEFAULT_IMAGE_TOKENS);
+        DEFAULT_MAX_TOKENS, MAX_STOP, MAX_MEDIA, DEFAULT_IMAGE_TOKENS);
 }
 
 /* Returns 0, or an exit code. */
@@ -140,6 +163,7 @@ static int parse_args(int argc, char **argv, options *o)
             tool_opt_str(&a, "--tokens", NULL, &o->tokens) ||
             tool_opt_str(&a, "--dump-logits", NULL, &o->dump_logits) ||
             tool_opt_str(&a, "--dump-image-patches", NULL, &o->dump_patches) ||
+            tool_opt_str(&a, "--dump-mel", NULL, &o->dump_mel) ||
             tool_opt_long(&a, "--image-tokens", NULL, 1, 1L << 20, &o->image_tokens) ||
             tool_opt_long(&a, "--threads", "-t", 0, 1024, &o->threads) ||
             tool_opt_long(&a, "--ctx", "-c", 0, 1L << 24, &o->ctx) ||
@@ -161,15 +185,21 @@ static int parse_args(int argc, char **argv, options *o)
             o->seed_set = true;
             continue;
         }
-        const char *image = NULL;
-        if (tool_opt_str(&a, "--image", NULL, &image)) {
+        const char *media = NULL;
+        bool is_image = tool_opt_str(&a, "--image", NULL, &media);
+        if (is_image || tool_opt_str(&a, "--audio", NULL, &media)) {
             if (a.error)
                 break;
-            if (o->n_images == MAX_IMAGES) {
-                fprintf(stderr, "%s: at most %d --image files\n", prog, MAX_IMAGES);
+            if (o->n_media == MAX_MEDIA) {
+                fprintf(stderr, "%s: at most %d --image/--audio files\n", prog, MAX_MEDIA);
                 return TOOL_EXIT_USAGE;
             }
-            o->images[o->n_images++] = image;
+            o->media[o->n_media].type = is_image ? GM_PART_IMAGE : GM_PART_AUDIO;
+            o->media[o->n_media++].path = media;
+            if (is_image)
+                o->n_images++;
+            else
+                o->n_audio++;
             continue;
         }
         if (tool_opt_str(&a, "--stop", NULL, &stop)) {
@@ -231,25 +261,30 @@ static int parse_args(int argc, char **argv, options *o)
                 o->image_tokens);
         return TOOL_EXIT_USAGE;
     }
-    if (o->dump_patches) {
+    if (o->dump_patches || o->dump_mel) {
         /* Preprocessing only: no model, no prompt. */
-        if (!o->n_images) {
+        if (o->dump_patches && !o->n_images) {
             fprintf(stderr, "%s: --dump-image-patches needs an --image FILE\n", prog);
             return TOOL_EXIT_USAGE;
         }
+        if (o->dump_mel && !o->n_audio) {
+            fprintf(stderr, "%s: --dump-mel needs an --audio FILE\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
         if (o->prompt || o->tokens || o->tokenize || o->dump_logits || o->system) {
-            fprintf(stderr, "%s: --dump-image-patches only preprocesses the image: no prompt, "
-                    "--system, --tokens, --tokenize or --dump-logits with it\n", prog);
+            fprintf(stderr, "%s: --dump-image-patches and --dump-mel only preprocess the media: "
+                    "no prompt, --system, --tokens, --tokenize or --dump-logits with them\n", prog);
             return TOOL_EXIT_USAGE;
         }
         return 0;
     }
-    if (o->n_images && o->tokens) {
-        fprintf(stderr, "%s: --tokens is the whole prompt: no --image with it\n", prog);
+    if (o->n_media && o->tokens) {
+        fprintf(stderr, "%s: --tokens is the whole prompt: no --image/--audio with it\n", prog);
         return TOOL_EXIT_USAGE;
     }
-    if (o->n_images && !o->tokenize && !o->mmproj) {
-        fprintf(stderr, "%s: --image needs --mmproj FILE (the vision encoder)\n", prog);
+    if (o->n_media && !o->tokenize && !o->mmproj) {
+        fprintf(stderr, "%s: --%s needs --mmproj FILE (the %s encoder)\n", prog,
+                o->n_images ? "image" : "audio", o->n_images ? "vision" : "audio");
         return TOOL_EXIT_USAGE;
     }
     if (!o->model) {
@@ -323,11 +358,108 @@ out:
     return rc;
 }
 
-/* ---- --dump-image-patches ------------------------------------------------------------- */
+/* ---- --dump-image-patches, --dump-mel -------------------------------------------------- */
+
+static const char *first_media(const options *o, gm_part_type type)
+{
+    for (size_t i = 0; i < o->n_media; i++)
+        if (o->media[i].type == type)
+            return o->media[i].path;
+    return NULL;
+}
+
+static uint8_t *read_whole_file(const char *path, size_t *len)
+{
+    FILE *in = fopen(path, "rb");
+    if (!in)
+        return NULL;
+    uint8_t *data = (uint8_t *)tool_read_all(in, len);
+    int saved = errno;
+    fclose(in);
+    errno = saved;
+    return data;
+}
+
+/* Writes n floats as little-endian bytes whatever the host order. */
+static int write_f32_le(FILE *f, const float *v, size_t n)
+{
+    unsigned char buf[4096];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &v[i], sizeof u);
+        buf[k++] = (unsigned char)u;
+        buf[k++] = (unsigned char)(u >> 8);
+        buf[k++] = (unsigned char)(u >> 16);
+        buf[k++] = (unsigned char)(u >> 24);
+        if (k == sizeof buf || i + 1 == n) {
+            if (fwrite(buf, 1, k, f) != k)
+                return -1;
+            k = 0;
+        }
+    }
+    return 0;
+}
+
+static int run_dump_mel(const options *o)
+{
+    const char *path = first_media(o, GM_PART_AUDIO);
+    gm_error err = { 0 };
+    size_t len = 0;
+    uint8_t *data = read_whole_file(path, &len);
+    if (!data) {
+        fprintf(stderr, "%s: %s: cannot read: %s\n", prog, path, strerror(errno));
+        return TOOL_EXIT_LOAD;
+    }
+    gm_audio_pcm pcm = { 0 };
+    gm_audio_timing t = { 0 };
+    int rc = gm_audio_load_16k(data, len, NULL, &pcm, &t, &err);
+    free(data);
+    if (rc != GM_OK) {
+        fprintf(stderr, "%s: %s: %s\n", prog, path, err.msg);
+        return TOOL_EXIT_LOAD;
+    }
+    gm_audio_features feats = { 0 };
+    double t0 = tool_now();
+    rc = gm_audio_featurize(pcm.samples, pcm.n_samples, &feats, &err);
+    double feat_s = tool_now() - t0;
+    if (rc != GM_OK) {
+        fprintf(stderr, "%s: %s: %s\n", prog, path, err.msg);
+        gm_audio_pcm_free(&pcm);
+        return TOOL_EXIT_LOAD;
+    }
+    int exit_code = TOOL_EXIT_OK;
+    FILE *f = fopen(o->dump_mel, "wb");
+    if (!f) {
+        fprintf(stderr, "%s: %s: cannot create: %s\n", prog, o->dump_mel, strerror(errno));
+        exit_code = TOOL_EXIT_RUNTIME;
+    }
+    for (size_t k = 0; k < feats.n_clips && exit_code == TOOL_EXIT_OK; k++)
+        if (write_f32_le(f, feats.clips[k].values,
+                         (size_t)feats.clips[k].n_frames * GM_AUDIO_MEL_BINS) != 0)
+            exit_code = TOOL_EXIT_RUNTIME;
+    if (f && fclose(f) != 0)
+        exit_code = TOOL_EXIT_RUNTIME;
+    if (f && exit_code != TOOL_EXIT_OK) {
+        fprintf(stderr, "%s: %s: write failed: %s\n", prog, o->dump_mel, strerror(errno));
+        unlink(o->dump_mel);
+    } else if (exit_code == TOOL_EXIT_OK) {
+        for (size_t k = 0; k < feats.n_clips; k++)
+            fprintf(stderr, "clip %zu: %u frames\n", k, feats.clips[k].n_frames);
+        if (o->verbose)
+            fprintf(stderr, "%s: %s: %s, %u Hz, %u channel(s), %.3f s | decode %.1f ms, resample "
+                    "%.1f ms, features %.1f ms\n", prog, path, pcm.format, pcm.rate, pcm.channels,
+                    (double)pcm.n_samples / GM_AUDIO_SAMPLE_RATE, t.decode_s * 1e3,
+                    t.resample_s * 1e3, feat_s * 1e3);
+    }
+    gm_audio_features_free(&feats);
+    gm_audio_pcm_free(&pcm);
+    return exit_code;
+}
 
 static int run_dump_patches(const options *o)
 {
-    const char *path = o->images[0];
+    const char *path = first_media(o, GM_PART_IMAGE);
     gm_error err = { 0 };
     FILE *in = fopen(path, "rb");
     if (!in) {
@@ -400,8 +532,37 @@ static int run_dump_patches(const options *o)
 
 /* ---- prompt ---------------------------------------------------------------------------- */
 
+/* The media of the command line as chat parts, in order: one part per image, one per
+ * 30 s audio clip. *out is malloc'd. */
+static int media_parts(const options *o, const media_embedding *embd, gm_chat_part **out,
+                       size_t *n_out, gm_error *err)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < o->n_media; i++)
+        n += o->media[i].type == GM_PART_IMAGE ? 1 : embd[i].audio.n_clips;
+    gm_chat_part *parts = calloc(n + 1, sizeof *parts);
+    if (!parts)
+        return gm_set_error(err, GM_ERR_NOMEM, "out of memory for %zu prompt parts", n);
+    size_t k = 0;
+    for (size_t i = 0; i < o->n_media; i++) {
+        if (o->media[i].type == GM_PART_IMAGE) {
+            parts[k++] = (gm_chat_part){ .type = GM_PART_IMAGE,
+                                         .n_soft_tokens = (int32_t)embd[i].image.n_soft_tokens,
+                                         .embd = embd[i].image.embd };
+            continue;
+        }
+        for (size_t c = 0; c < embd[i].audio.n_clips; c++)
+            parts[k++] = (gm_chat_part){ .type = GM_PART_AUDIO,
+                                         .n_soft_tokens = (int32_t)embd[i].audio.clips[c].n_soft_tokens,
+                                         .embd = embd[i].audio.clips[c].embd };
+    }
+    *out = parts;
+    *n_out = k;
+    return GM_OK;
+}
+
 static int build_prompt(const options *o, const gm_model *model, const gm_tokenizer *tok,
-                        const gm_image_embedding *images, gm_prompt *p, gm_error *err)
+                        const media_embedding *embd, gm_prompt *p, gm_error *err)
 {
     int rc;
     if (o->tokens) {
@@ -418,23 +579,26 @@ static int build_prompt(const options *o, const gm_model *model, const gm_tokeni
         rc = gm_prompt_add_ids(p, ids.ids, ids.n, err);
         gm_tokens_free(&ids);
     } else if (o->raw) {
+        gm_chat_part *parts = NULL;
+        size_t n_parts = 0;
         int32_t bos = gm_tokenizer_bos(tok);
         rc = bos >= 0 ? gm_prompt_add_ids(p, &bos, 1, err) : GM_OK;
-        for (size_t i = 0; i < o->n_images && rc == GM_OK; i++)
-            rc = gm_prompt_add_media(p, tok, GM_PART_IMAGE, (int32_t)images[i].n_soft_tokens,
-                                     images[i].embd, err);
+        if (rc == GM_OK)
+            rc = media_parts(o, embd, &parts, &n_parts, err);
+        for (size_t i = 0; i < n_parts && rc == GM_OK; i++)
+            rc = gm_prompt_add_media(p, tok, parts[i].type, parts[i].n_soft_tokens, parts[i].embd, err);
+        free(parts);
         if (rc == GM_OK)
             rc = gm_prompt_add_text(p, tok, o->prompt, true, err);
     } else {
         gm_chat_part sys_part = { .type = GM_PART_TEXT, .text = o->system };
-        /* Images first, then the question: the order transformers' chat template keeps
-         * for content [image, …, text]. */
-        gm_chat_part user_parts[MAX_IMAGES + 1];
+        /* Media first, then the question: the order transformers' chat template keeps for
+         * content [image/audio, …, text]. */
+        gm_chat_part *user_parts = NULL;
         size_t n_user = 0;
-        for (size_t i = 0; i < o->n_images; i++)
-            user_parts[n_user++] = (gm_chat_part){ .type = GM_PART_IMAGE,
-                                                   .n_soft_tokens = (int32_t)images[i].n_soft_tokens,
-                                                   .embd = images[i].embd };
+        rc = media_parts(o, embd, &user_parts, &n_user, err);
+        if (rc != GM_OK)
+            return rc;
         user_parts[n_user++] = (gm_chat_part){ .type = GM_PART_TEXT, .text = o->prompt };
         gm_chat_message msgs[2];
         size_t n = 0;
@@ -442,7 +606,9 @@ static int build_prompt(const options *o, const gm_model *model, const gm_tokeni
             msgs[n++] = (gm_chat_message){ .role = GM_ROLE_SYSTEM, .parts = &sys_part, .n_parts = 1 };
         msgs[n++] = (gm_chat_message){ .role = GM_ROLE_USER, .parts = user_parts, .n_parts = n_user };
         gm_chat_options co = { .thinking = o->think, .add_generation_prompt = true };
-        return gm_chat_build(tok, msgs, n, &co, p, err);
+        rc = gm_chat_build(tok, msgs, n, &co, p, err);
+        free(user_parts);
+        return rc;
     }
     if (rc == GM_OK)
         gm_prompt_finish(p);
@@ -554,8 +720,10 @@ int main(int argc, char **argv)
         free(o.joined_prompt);
         return rc;
     }
-    if (o.dump_patches) {
-        rc = run_dump_patches(&o);
+    if (o.dump_patches || o.dump_mel) {
+        rc = o.dump_patches ? run_dump_patches(&o) : TOOL_EXIT_OK;
+        if (rc == TOOL_EXIT_OK && o.dump_mel)
+            rc = run_dump_mel(&o);
         free(o.joined_prompt);
         return rc;
     }
@@ -571,8 +739,9 @@ int main(int argc, char **argv)
     gm_tokenizer *tok = NULL;
     gm_context *ctx = NULL;
     gm_vision_model *vision = NULL;
-    gm_image_embedding images[MAX_IMAGES];
-    memset(images, 0, sizeof images);
+    gm_audio_model *audio = NULL;
+    media_embedding embd[MAX_MEDIA];
+    memset(embd, 0, sizeof embd);
     gm_prompt prompt;
     gm_prompt_init(&prompt);
     int exit_code = TOOL_EXIT_OK;
@@ -605,7 +774,23 @@ int main(int argc, char **argv)
             exit_code = TOOL_EXIT_LOAD;
             goto out;
         }
-    } else if (o.mmproj) {
+    }
+    if (o.n_audio) {
+        audio = gm_audio_model_load(o.mmproj, &err);
+        if (!audio) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+        if (gm_audio_model_projection_dim(audio) != model->hp.n_embd) {
+            fprintf(stderr, "%s: %s projects audio to width %u, but %s has n_embd %u: they are "
+                    "not a pair\n", prog, o.mmproj, gm_audio_model_projection_dim(audio), o.model,
+                    model->hp.n_embd);
+            exit_code = TOOL_EXIT_LOAD;
+            goto out;
+        }
+    }
+    if (o.mmproj && !o.n_media) {
         gm_gguf *mm = gm_gguf_open(o.mmproj, &err);
         if (!mm) {
             fprintf(stderr, "%s: %s\n", prog, err.msg);
@@ -639,33 +824,50 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    for (size_t i = 0; i < o.n_images; i++) {
-        FILE *in = fopen(o.images[i], "rb");
+    for (size_t i = 0; i < o.n_media; i++) {
+        const char *path = o.media[i].path;
         size_t len = 0;
-        uint8_t *data = in ? (uint8_t *)tool_read_all(in, &len) : NULL;
-        if (in)
-            fclose(in);
+        uint8_t *data = read_whole_file(path, &len);
         if (!data) {
-            fprintf(stderr, "%s: %s: cannot read: %s\n", prog, o.images[i], strerror(errno));
+            fprintf(stderr, "%s: %s: cannot read: %s\n", prog, path, strerror(errno));
             exit_code = TOOL_EXIT_LOAD;
             goto out;
         }
-        int erc = gm_image_embed(vision, pool, data, len, NULL, (int)o.image_tokens, &images[i], &err);
+        int erc;
+        if (o.media[i].type == GM_PART_IMAGE)
+            erc = gm_image_embed(vision, pool, data, len, NULL, (int)o.image_tokens, &embd[i].image, &err);
+        else
+            erc = gm_audio_embed(audio, pool, data, len, NULL, &embd[i].audio, &err);
         free(data);
         if (erc != GM_OK) {
-            fprintf(stderr, "%s: %s: %s\n", prog, o.images[i], err.msg);
-            exit_code = erc == GM_ERR_FORMAT || erc == GM_ERR_UNSUPPORTED || erc == GM_ERR_RANGE
+            fprintf(stderr, "%s: %s: %s\n", prog, path, err.msg);
+            exit_code = erc == GM_ERR_FORMAT || erc == GM_ERR_UNSUPPORTED || erc == GM_ERR_RANGE ||
+                                erc == GM_ERR_INVALID
                             ? TOOL_EXIT_LOAD : TOOL_EXIT_RUNTIME;
             goto out;
         }
-        if (!o.quiet)
+        if (o.quiet)
+            continue;
+        if (o.media[i].type == GM_PART_IMAGE) {
+            const gm_image_embedding *e = &embd[i].image;
             fprintf(stderr, "%s: image %s: %ux%u -> %u soft tokens (grid %ux%u) | decode %.1f ms, "
-                    "preprocess %.1f ms, encode %.1f ms\n", prog, o.images[i], images[i].width,
-                    images[i].height, images[i].n_soft_tokens, images[i].grid_w, images[i].grid_h,
-                    images[i].decode_s * 1e3, images[i].preprocess_s * 1e3, images[i].encode_s * 1e3);
+                    "preprocess %.1f ms, encode %.1f ms\n", prog, path, e->width, e->height,
+                    e->n_soft_tokens, e->grid_w, e->grid_h, e->decode_s * 1e3,
+                    e->preprocess_s * 1e3, e->encode_s * 1e3);
+        } else {
+            const gm_audio_embedding *e = &embd[i].audio;
+            uint32_t n_tok = 0;
+            for (size_t k = 0; k < e->n_clips; k++)
+                n_tok += e->clips[k].n_soft_tokens;
+            fprintf(stderr, "%s: audio %s: %s, %u Hz, %u channel(s), %.2f s -> %zu clip(s), %u soft "
+                    "tokens | decode %.1f ms, resample %.1f ms, features %.1f ms, encode %.1f ms\n",
+                    prog, path, e->format, e->src_rate, e->src_channels, e->seconds, e->n_clips,
+                    n_tok, e->decode_s * 1e3, e->resample_s * 1e3, e->features_s * 1e3,
+                    e->encode_s * 1e3);
+        }
     }
 
-    if (build_prompt(&o, model, tok, images, &prompt, &err) != GM_OK) {
+    if (build_prompt(&o, model, tok, embd, &prompt, &err) != GM_OK) {
         fprintf(stderr, "%s: %s\n", prog, err.msg);
         exit_code = err.code == GM_ERR_INVALID && o.tokens ? TOOL_EXIT_USAGE : TOOL_EXIT_RUNTIME;
         goto out;
@@ -755,9 +957,12 @@ int main(int argc, char **argv)
 
 out:
     gm_prompt_free(&prompt);
-    for (size_t i = 0; i < MAX_IMAGES; i++)
-        gm_image_embedding_free(&images[i]);
+    for (size_t i = 0; i < MAX_MEDIA; i++) {
+        gm_image_embedding_free(&embd[i].image);
+        gm_audio_embedding_free(&embd[i].audio);
+    }
     gm_vision_model_free(vision);
+    gm_audio_model_free(audio);
     gm_context_free(ctx);
     gm_pool_destroy(pool);
     gm_tokenizer_free(tok);

@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""gemma-run end to end with images: argv in, exit code / stderr / files out.
+"""gemma-run end to end with images and sound: argv in, exit code / stderr / files out.
 
 Usage: test-gemma-run.py GEMMA_RUN TINY_MODEL CONFORMANCE_DIR DATA_DIR
 """
 import os
+import struct
 import subprocess
 import sys
 import tempfile
+import wave
 
 RUN, TINY, CONF, DATA = sys.argv[1:5]
 MMPROJ = os.path.join(CONF, "mm-vision", "mmproj.gguf")      # gemma4v, projection 64
 PHOTO = os.path.join(CONF, "mm-vision", "photo-exif6.jpg")
 ICON = os.path.join(CONF, "mm-vision", "icon-rgba16-adam7.png")
 WIDE_MODEL = os.path.join(CONF, "quant", "model.gguf")        # n_embd 256
+AUDIO_MMPROJ = os.path.join(CONF, "audio-tower", "tiny.gguf")  # gemma4a, projection 64
+SPEECH = os.path.join(CONF, "audio-features", "speech.wav")    # 16 kHz PCM16, 44315 samples
+SPEECH_MEL = os.path.join(CONF, "audio-features", "speech.f32")  # transformers' 276 frames
 failures = 0
 
 
@@ -86,6 +91,55 @@ with tempfile.TemporaryDirectory() as td:
     rc, _, err = run("--image", ICON, "--image-tokens", "70", "--dump-image-patches", os.path.join(td, "p.f32"))
     check(rc == 0 and "grid 27x21" in err and os.path.getsize(os.path.join(td, "p.f32")) == 27 * 21 * 768 * 4,
           "--dump-image-patches", err)
+
+    # ---- sound ---------------------------------------------------------------------
+    # --dump-mel: transformers' features of the 276 valid frames, no model needed.
+    mel = os.path.join(td, "mel.f32")
+    rc, _, err = run("--audio", SPEECH, "--dump-mel", mel)
+    check(rc == 0 and err.strip().splitlines()[-1] == "clip 0: 276 frames", "--dump-mel prints the clip's frames", err)
+    if rc == 0:
+        got = open(mel, "rb").read()
+        ref = open(SPEECH_MEL, "rb").read()
+        check(len(got) == len(ref) == 276 * 128 * 4, "--dump-mel size", "%d vs %d" % (len(got), len(ref)))
+        if len(got) == len(ref):
+            a = struct.unpack("<%df" % (len(got) // 4), got)
+            b = struct.unpack("<%df" % (len(ref) // 4), ref)
+            d = max(abs(x - y) for x, y in zip(a, b))
+            check(d <= 1e-5, "--dump-mel equals transformers (max |d| %.2e)" % d, "%.3e" % d)
+    # Longer than 30 s: consecutive clips, in order.
+    with wave.open(SPEECH, "rb") as w:
+        pcm = w.readframes(w.getnframes())
+    longwav = os.path.join(td, "long.wav")
+    with wave.open(longwav, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((pcm * 12)[:528000 * 2])
+    rc, _, err = run("--audio", longwav, "--dump-mel", mel)
+    lines = err.strip().splitlines()
+    check(rc == 0 and lines[-2:] == ["clip 0: 2999 frames", "clip 1: 299 frames"], "33 s: two clips", err)
+    check(rc != 0 or os.path.getsize(mel) == (2999 + 299) * 128 * 4, "33 s: both clips dumped in order")
+
+    # Generation with audio (and audio before an image: command-line order).
+    abase = ["-m", TINY, "--mmproj", AUDIO_MMPROJ, "--threads", "2", "--seed", "3"]
+    rc, out1, err = run(*abase, "--audio", SPEECH, "-n", "6", "Transcribe this.")
+    check(rc == 0 and "WAV PCM_16, 16000 Hz, 1 channel(s), 2.77 s -> 1 clip(s), 69 soft tokens" in err,
+          "audio prompt: clip and tokens reported", err)
+    rc2, out2, _ = run(*abase, "--audio", SPEECH, "-n", "6", "Transcribe this.")
+    check(rc == 0 and rc2 == 0 and out1 == out2, "audio prompt reproducible")
+    rc, _, err = run(*abase, "--raw", "--verbose", "--audio", SPEECH, "--audio", SPEECH, "-n", "1", "x")
+    check(rc == 0 and err.count("[media x69]") == 2 and " 2 256000 [media x69] 258883 256000 " in err,
+          "--raw: BOS, two audio blocks with their markers", err)
+    rc, _, err = run(*abase, "--image", PHOTO, "--audio", SPEECH, "hi")
+    check(rc == 2 and "tiny.gguf" in err, "an audio-only mmproj refuses images", err)
+    rc, _, err = run("-m", TINY, "--mmproj", MMPROJ, "--audio", SPEECH, "hi")
+    check(rc == 2 and "audio" in err, "a vision-only mmproj refuses audio", err)
+    trunc = os.path.join(td, "trunc.wav")
+    open(trunc, "wb").write(open(SPEECH, "rb").read()[:30])
+    rc, _, err = run(*abase, "--audio", trunc, "hi")
+    check(rc == 2 and "trunc.wav: audio:" in err, "truncated WAV refused", err)
+    rc, _, err = run("-m", TINY, "--audio", SPEECH, "hi")
+    check(rc == 1 and "--audio needs --mmproj" in err, "--audio without --mmproj is a usage error", err)
 
 print("%d failure(s)" % failures)
 sys.exit(1 if failures else 0)

@@ -1,11 +1,12 @@
-/* test-vision-prompt.c — whole multimodal prompts against transformers 5.17.0:
- * image file → gemmad's decoder, preprocessing and vision encoder → soft tokens spliced
- * into the prompt → gemmad's text decoder → logits, compared with
- * Gemma4ForConditionalGeneration run on the same files (tests/conformance/mm-vision/,
- * made by generate_mm_vision.py). Cases: a causal model (../e2b) and one with
- * bidirectional image spans (../large), each with one and with two images.
+/* test-media-prompt.c — whole multimodal prompts against transformers 5.17.0:
+ * image and sound files → gemmad's decoders, preprocessing / features and encoders →
+ * soft tokens spliced into the prompt → gemmad's text decoder → logits, compared with
+ * Gemma4ForConditionalGeneration run on the same files. Fixtures:
+ * tests/conformance/mm-vision/ (generate_mm_vision.py: a causal model (../e2b) and one
+ * with bidirectional image spans (../large), each with one and with two images) and
+ * tests/conformance/mm-audio/ (generate_mm_audio.py: audio then an image, causal e2b).
  *
- * Checked per prompt: each image's soft-token count and values (≤ 1e-3 relative
+ * Checked per prompt: each medium's soft-token count and values (≤ 1e-3 relative
  * Frobenius), one-shot logits at every position of prompt + greedy continuation
  * (max |Δ| ≤ 1e-3 · max(1, max |ref|), same argmax everywhere), greedy decoding of the
  * continuation (identical ids), and that the chat-level prompt builder
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/pool.h"
 #include "decoder/chat.h"
@@ -21,6 +23,7 @@
 #include "decoder/model.h"
 #include "decoder/tokenizer.h"
 #include "test-util.h"
+#include "audio/audio-embed.h"
 #include "vision/image-embed.h"
 
 #define MAX_SPANS 16
@@ -28,15 +31,21 @@
 #define TOL_SOFT_REL 1e-3
 
 typedef struct {
-    bool image;
+    gm_span_type type;     /* TEXT, IMAGE or AUDIO */
     int32_t n;
     int32_t *ids;          /* text */
-    char file[128];        /* image */
+    char file[128];        /* media, relative to the fixture's folder */
 } fspan;
+
+/* One media span's soft tokens (owned). */
+typedef struct {
+    uint32_t n, n_embd;
+    float *embd;
+} media_rows;
 
 typedef struct {
     char dir[1024], name[64];
-    char model[256], mmproj[256];
+    char model[256], mmproj[256], mmproj_audio[256];
     int budget, n_vocab, n_spans, n_greedy, n_rows;
     fspan spans[MAX_SPANS];
     int32_t *greedy;
@@ -92,19 +101,23 @@ static int fixture_load(fixture *f, const char *dir, const char *name)
             snprintf(f->model, sizeof f->model, "%s", v);
         else if (strcmp(key, "mmproj") == 0 && v)
             snprintf(f->mmproj, sizeof f->mmproj, "%s", v);
+        else if (strcmp(key, "mmproj_audio") == 0 && v)
+            snprintf(f->mmproj_audio, sizeof f->mmproj_audio, "%s", v);
         else if (strcmp(key, "budget") == 0 && v)
             f->budget = atoi(v);
         else if (strcmp(key, "n_vocab") == 0 && v)
             f->n_vocab = atoi(v);
         else if (strcmp(key, "text") == 0 && v && f->n_spans < MAX_SPANS) {
             fspan *s = &f->spans[f->n_spans++];
+            s->type = GM_SPAN_TEXT;
             s->n = atoi(v);
             s->ids = read_ids(&save, s->n);
             if (!s->ids)
                 break;
-        } else if (strcmp(key, "image") == 0 && v && f->n_spans < MAX_SPANS) {
+        } else if ((strcmp(key, "image") == 0 || strcmp(key, "audio") == 0) && v &&
+                   f->n_spans < MAX_SPANS) {
             fspan *s = &f->spans[f->n_spans++];
-            s->image = true;
+            s->type = key[0] == 'i' ? GM_SPAN_IMAGE : GM_SPAN_AUDIO;
             snprintf(s->file, sizeof s->file, "%s", v);
             char *n = strtok_r(NULL, " \n", &save);
             s->n = n ? atoi(n) : 0;
@@ -144,14 +157,25 @@ static int argmax(const float *v, int n)
     return best;
 }
 
-/* Encodes the fixture's images from their files; embd[i] for image span i (NULL for text). */
-static int embed_images(const fixture *f, const gm_vision_model *vm, gm_pool *pool,
-                        gm_image_embedding *emb)
+/* The reference soft tokens of a medium: <fixture>/<basename>-soft.f32, else next to the
+ * medium itself. */
+static float *read_soft_ref(const fixture *f, const char *file, size_t *len)
 {
-    int bad = 0;
+    char path[1400];
+    const char *base = strrchr(file, '/');
+    snprintf(path, sizeof path, "%s/%s-soft.f32", f->dir, base ? base + 1 : file);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof path, "%s/%s-soft.f32", f->dir, file);
+    return gm_test_read_file(path, len);
+}
+
+/* Encodes the fixture's media from their files; rows[i] for media span i. */
+static int embed_media(const fixture *f, const gm_vision_model *vm, const gm_audio_model *am,
+                       gm_pool *pool, media_rows *rows)
+{
     for (int i = 0; i < f->n_spans; i++) {
         const fspan *s = &f->spans[i];
-        if (!s->image)
+        if (s->type == GM_SPAN_TEXT)
             continue;
         char path[1400];
         snprintf(path, sizeof path, "%s/%s", f->dir, s->file);
@@ -161,45 +185,62 @@ static int embed_images(const fixture *f, const gm_vision_model *vm, gm_pool *po
         if (!data)
             return -1;
         gm_error err = { 0 };
-        int rc = gm_image_embed(vm, pool, data, len, NULL, f->budget, &emb[i], &err);
+        int rc;
+        char info[256] = "";
+        if (s->type == GM_SPAN_IMAGE) {
+            gm_image_embedding e;
+            rc = gm_image_embed(vm, pool, data, len, NULL, f->budget, &e, &err);
+            if (rc == GM_OK) {
+                rows[i] = (media_rows){ e.n_soft_tokens, e.n_embd, e.embd };
+                snprintf(info, sizeof info, "%ux%u → grid %ux%u (decode %.1f ms, preprocess %.1f ms, "
+                         "encode %.1f ms)", e.width, e.height, e.grid_w, e.grid_h, e.decode_s * 1e3,
+                         e.preprocess_s * 1e3, e.encode_s * 1e3);
+            }
+        } else {
+            gm_audio_embedding e;
+            rc = am ? gm_audio_embed(am, pool, data, len, NULL, &e, &err)
+                    : gm_set_error(&err, GM_ERR_INVALID, "no mmproj_audio in the fixture");
+            if (rc == GM_OK) {
+                CHECKF(e.n_clips == 1, "%s: %zu clips", s->file, e.n_clips);
+                rows[i] = (media_rows){ e.clips[0].n_soft_tokens, e.n_embd, e.clips[0].embd };
+                e.clips[0].embd = NULL;  /* taken */
+                snprintf(info, sizeof info, "%s %u Hz, %u frames (decode %.1f ms, features %.1f ms, "
+                         "encode %.1f ms)", e.format, e.src_rate, e.clips[0].n_frames,
+                         e.decode_s * 1e3, e.features_s * 1e3, e.encode_s * 1e3);
+                gm_audio_embedding_free(&e);
+            }
+        }
         free(data);
         CHECKF(rc == GM_OK, "%s: %s", path, err.msg);
         if (rc != GM_OK)
             return -1;
-        CHECKF((int)emb[i].n_soft_tokens == s->n, "%s: %u soft tokens, transformers %d", s->file,
-               emb[i].n_soft_tokens, s->n);
-        if ((int)emb[i].n_soft_tokens != s->n)
-            bad++;
+        CHECKF((int)rows[i].n == s->n, "%s: %u soft tokens, transformers %d", s->file, rows[i].n, s->n);
+        if ((int)rows[i].n != s->n)
+            return -1;
 
-        /* The reference soft tokens (same tower in every case). */
-        snprintf(path, sizeof path, "%s/%s-soft.f32", f->dir, s->file);
         size_t rlen = 0;
-        float *ref = gm_test_read_file(path, &rlen);
-        size_t n = (size_t)s->n * emb[i].n_embd;
-        CHECKF(ref && rlen == n * sizeof(float), "%s: %zu bytes, want %zu", path, rlen,
-               n * sizeof(float));
-        if (ref && rlen == n * sizeof(float) && !bad) {
-            double e = rel_frob(emb[i].embd, ref, n);
-            printf("  %s: %s %ux%u → grid %ux%u, %u soft tokens, rel err %.2e (decode %.1f ms, "
-                   "preprocess %.1f ms, encode %.1f ms)\n", f->name, s->file, emb[i].width,
-                   emb[i].height, emb[i].grid_w, emb[i].grid_h, emb[i].n_soft_tokens, e,
-                   emb[i].decode_s * 1e3, emb[i].preprocess_s * 1e3, emb[i].encode_s * 1e3);
-            CHECKF(e <= TOL_SOFT_REL, "%s: soft tokens rel err %.3e > %.0e", s->file, e,
-                   TOL_SOFT_REL);
+        float *ref = read_soft_ref(f, s->file, &rlen);
+        size_t n = (size_t)s->n * rows[i].n_embd;
+        CHECKF(ref && rlen == n * sizeof(float), "%s: reference soft tokens: %zu bytes, want %zu",
+               s->file, rlen, n * sizeof(float));
+        if (ref && rlen == n * sizeof(float)) {
+            double e = rel_frob(rows[i].embd, ref, n);
+            printf("  %s: %s %s, %u soft tokens, rel err %.2e\n", f->name, s->file, info, rows[i].n, e);
+            CHECKF(e <= TOL_SOFT_REL, "%s: soft tokens rel err %.3e > %.0e", s->file, e, TOL_SOFT_REL);
         }
         free(ref);
     }
-    return bad ? -1 : 0;
+    return 0;
 }
 
-static size_t build_spans(const fixture *f, const gm_image_embedding *emb, bool with_greedy,
+static size_t build_spans(const fixture *f, const media_rows *emb, bool with_greedy,
                           gm_span *out)
 {
     size_t n = 0;
     for (int i = 0; i < f->n_spans; i++) {
         const fspan *s = &f->spans[i];
-        if (s->image)
-            out[n++] = (gm_span){ .type = GM_SPAN_IMAGE, .n = s->n, .embd = emb[i].embd };
+        if (s->type != GM_SPAN_TEXT)
+            out[n++] = (gm_span){ .type = s->type, .n = s->n, .embd = emb[i].embd };
         else
             out[n++] = (gm_span){ .type = GM_SPAN_TEXT, .n = s->n, .ids = s->ids };
     }
@@ -210,7 +251,7 @@ static size_t build_spans(const fixture *f, const gm_image_embedding *emb, bool 
 
 /* gm_prompt_add_media (what gemma-run and the service use) must give the fixture's
  * layout: the markers around each image come from the tokenizer, not the caller. */
-static void check_prompt_builder(const fixture *f, const gm_model *m, const gm_image_embedding *emb)
+static void check_prompt_builder(const fixture *f, const gm_model *m, const media_rows *emb)
 {
     gm_error err = { 0 };
     gm_tokenizer *tok = gm_tokenizer_load(m->gguf, &err);
@@ -222,15 +263,16 @@ static void check_prompt_builder(const fixture *f, const gm_model *m, const gm_i
     int rc = GM_OK;
     for (int i = 0; i < f->n_spans && rc == GM_OK; i++) {
         const fspan *s = &f->spans[i];
-        if (s->image) {
-            rc = gm_prompt_add_media(&p, tok, GM_PART_IMAGE, s->n, emb[i].embd, &err);
+        if (s->type != GM_SPAN_TEXT) {
+            rc = gm_prompt_add_media(&p, tok, s->type == GM_SPAN_IMAGE ? GM_PART_IMAGE : GM_PART_AUDIO,
+                                     s->n, emb[i].embd, &err);
             continue;
         }
         /* The fixture's text spans carry the markers; drop them here. */
         int32_t a = 0, b = s->n;
-        if (i > 0 && f->spans[i - 1].image)
+        if (i > 0 && f->spans[i - 1].type != GM_SPAN_TEXT)
             a++;
-        if (i + 1 < f->n_spans && f->spans[i + 1].image)
+        if (i + 1 < f->n_spans && f->spans[i + 1].type != GM_SPAN_TEXT)
             b--;
         rc = gm_prompt_add_ids(&p, s->ids + a, (size_t)(b - a), &err);
     }
@@ -254,12 +296,12 @@ static void check_prompt_builder(const fixture *f, const gm_model *m, const gm_i
                 break;
             }
             const fspan *fs = &f->spans[si];
-            if (fs->image != (sp->type == GM_SPAN_IMAGE))
+            if (fs->type != sp->type)
                 mismatches++;
-            else if (!fs->image && fs->ids[off] != sp->ids[j])
+            else if (fs->type == GM_SPAN_TEXT && fs->ids[off] != sp->ids[j])
                 mismatches++;
-            else if (fs->image && sp->embd + (size_t)j * emb[si].n_embd !=
-                                      emb[si].embd + (size_t)off * emb[si].n_embd)
+            else if (fs->type != GM_SPAN_TEXT && sp->embd + (size_t)j * emb[si].n_embd !=
+                                                     emb[si].embd + (size_t)off * emb[si].n_embd)
                 mismatches++;
             off++;
         }
@@ -270,10 +312,10 @@ static void check_prompt_builder(const fixture *f, const gm_model *m, const gm_i
     gm_tokenizer_free(tok);
 }
 
-static void run_fixture(const char *name, gm_pool *pool)
+static void run_fixture(const char *folder, const char *name, gm_pool *pool)
 {
     char dir[1000], path[2400];
-    snprintf(dir, sizeof dir, "%s/mm-vision", conf_dir());
+    snprintf(dir, sizeof dir, "%s/%s", conf_dir(), folder);
     fixture f;
     int rc = fixture_load(&f, dir, name);
     CHECKF(rc == 0, "%s/%s.txt: cannot load", dir, name);
@@ -288,8 +330,14 @@ static void run_fixture(const char *name, gm_pool *pool)
     snprintf(path, sizeof path, "%s/%s", dir, f.mmproj);
     gm_vision_model *vm = gm_vision_model_load(path, &err);
     CHECKF(vm != NULL, "%s: %s", path, err.msg);
-    gm_image_embedding emb[MAX_SPANS] = { 0 };
-    if (!m || !vm || embed_images(&f, vm, pool, emb) != 0)
+    gm_audio_model *am = NULL;
+    if (f.mmproj_audio[0]) {
+        snprintf(path, sizeof path, "%s/%s", dir, f.mmproj_audio);
+        am = gm_audio_model_load(path, &err);
+        CHECKF(am != NULL, "%s: %s", path, err.msg);
+    }
+    media_rows emb[MAX_SPANS] = { 0 };
+    if (!m || !vm || (f.mmproj_audio[0] && !am) || embed_media(&f, vm, am, pool, emb) != 0)
         goto out;
     CHECK_EQ_INT(gm_vision_model_projection_dim(vm), m->hp.n_embd);
 
@@ -354,18 +402,23 @@ static void run_fixture(const char *name, gm_pool *pool)
     check_prompt_builder(&f, m, emb);
 out:
     for (int i = 0; i < MAX_SPANS; i++)
-        gm_image_embedding_free(&emb[i]);
+        free(emb[i].embd);
     gm_vision_model_free(vm);
+    gm_audio_model_free(am);
     gm_model_free(m);
     fixture_free(&f);
 }
 
 int main(void)
 {
-    static const char *const names[] = { "causal-one", "causal-two", "bidir-one", "bidir-two" };
+    static const char *const names[][2] = { { "mm-vision", "causal-one" },
+                                            { "mm-vision", "causal-two" },
+                                            { "mm-vision", "bidir-one" },
+                                            { "mm-vision", "bidir-two" },
+                                            { "mm-audio", "mixed" } };
     gm_pool *pool = gm_pool_create(2);
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        run_fixture(names[i], i % 2 ? pool : NULL);
+        run_fixture(names[i][0], names[i][1], i % 2 ? pool : NULL);
     gm_pool_destroy(pool);
     return gm_test_finish();
 }

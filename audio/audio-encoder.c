@@ -1,0 +1,857 @@
+/* audio-encoder.c — gemma4a conformer + embedder (see audio-encoder.h).
+ *
+ * Per clip (all frames valid, as transformers 5.17.0 get_audio_features sees one clip
+ * in a batch of one with an all-true mask):
+ *  - two Conv2d 3×3 / stride 2 / pad 1 (no bias) over (time, mel), each followed by a
+ *    LayerNorm over channels (weight, no bias, eps 1e-6) and ReLU; activations are kept
+ *    channel-last [t][f][c], which is also the order input_proj reads (f·C1 + c);
+ *  - input_proj (no bias);
+ *  - conformer blocks: FFN half-steps (clamp ±G, RMSNorm, clipped up, SiLU, clipped down,
+ *    clamp, RMSNorm, ×0.5, residual), chunked local attention (q·(hd^-½/ln2)·softplus
+ *    (per_dim_scale) — the GGUF stores the softplus — k·ln(1+e)/ln2; key s visible to
+ *    query t iff 0 ≤ t−s ≤ 11; logit q·k + q·R(t−s) with R(d) = relative_k_proj·sinusoid(d);
+ *    cap 50·tanh(·/50)), light conv (RMSNorm without clamp, clipped linear_start, GLU
+ *    first-half·sigmoid(second half), causal depthwise conv k=5, clamp, RMSNorm, SiLU,
+ *    clipped linear_end, residual), norm_out after a clamp;
+ *  - output_proj with bias, weightless RMSNorm (× mm.a.soft_emb_norm if present),
+ *    projection to the text width.
+ * HF's 12-query blocks with a 24-key context and rel_shift compute exactly the per-pair
+ * form above (distance 12 is inside the context but always masked); a chunk is only a
+ * window here. G = 1e10 (fp32 weights): a no-op on finite fp32 activations, kept so the
+ * order of operations is HF's.
+ */
+#include "audio-encoder.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/gguf.h"
+#include "core/kernels.h"
+#include "core/ops.h"
+
+#define AU_MEL 128
+#define AU_F1 ((AU_MEL + 1) / 2)        /* mel width after conv 0 */
+#define AU_F2 ((AU_F1 + 1) / 2)         /* after conv 1: 32 */
+#define AU_WINDOW 12                    /* keys t-11..t (attention_context_left − 1) */
+#define AU_REL 13                       /* relative distances 0..12 HF projects */
+#define AU_CAP 50.0f
+#define AU_KERNEL 5
+#define AU_EPS 1e-6f                    /* llama.cpp hard-codes it; the key is unreliable */
+#define AU_GCLIP 1e10f
+#define AU_MAX_FRAMES (1u << 20)
+
+typedef struct au_linear {
+    gm_matrix w;
+    float in_min, in_max, out_min, out_max;
+    bool clamp_in, clamp_out;
+} au_linear;
+
+struct au_layer {
+    float *ffn_norm, *ffn_post_norm, *attn_pre_norm, *attn_post_norm, *conv_pre_norm,
+          *conv_post_norm, *ffn_norm_1, *ffn_post_norm_1, *out_norm;
+    au_linear up, down, q, k, v, o, pw1, pw2, up_1, down_1;
+    float *qs;     /* per-dim query scale: (hd^-½ / ln 2) · softplus(per_dim_scale) */
+    float *dw;     /* [H][5] */
+    float *rel;    /* [AU_REL][H]: relative_k_proj · sinusoid(d) */
+};
+
+struct gm_audio_model {
+    gm_gguf *g;
+    uint32_t n_embd, n_ff, n_layer, n_head, head_dim, c0, c1, out_dim, proj_dim;
+    float *conv0, *norm0;   /* [c0][3][3], [c0] */
+    float *conv1r, *norm1;  /* conv 1 reordered to [c1][a][b][c0] (im2col order), [c1] */
+    gm_matrix conv1m;       /* F32 view of conv1r: rows c1, cols 9·c0 */
+    gm_matrix in_proj;      /* rows H, cols 32·c1 */
+    au_linear out_proj;
+    float *out_bias, *soft_norm;
+    gm_matrix mm_proj;      /* rows proj_dim, cols out_dim */
+    struct au_layer *layers;
+};
+
+/* ---- loading ---------------------------------------------------------------------- */
+
+static const gm_gguf_tensor *au_tensor(const gm_gguf *g, const char *name, uint32_t n_dims,
+                                       const int64_t *ne, gm_error *err)
+{
+    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
+    if (!t) {
+        gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < GM_GGUF_MAX_DIMS; i++) {
+        int64_t want = i < n_dims ? ne[i] : 1;
+        if (t->ne[i] != want) {
+            gm_set_error(err, GM_ERR_FORMAT,
+                         "%s: tensor %s has shape {%lld,%lld,%lld,%lld}, expected {%lld,%lld,%lld,%lld}",
+                         g->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                         (long long)t->ne[2], (long long)t->ne[3], (long long)ne[0],
+                         (long long)(n_dims > 1 ? ne[1] : 1), (long long)(n_dims > 2 ? ne[2] : 1),
+                         (long long)(n_dims > 3 ? ne[3] : 1));
+            return NULL;
+        }
+    }
+    return t;
+}
+
+/* Small tensors (norms, convolutions, clamps) as a malloc'd float copy. */
+static float *au_floats(const gm_gguf *g, const char *name, uint32_t n_dims, const int64_t *ne,
+                        gm_error *err)
+{
+    const gm_gguf_tensor *t = au_tensor(g, name, n_dims, ne, err);
+    if (!t)
+        return NULL;
+    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    if (t->type != GM_TYPE_F32 && t->type != GM_TYPE_F16 && t->type != GM_TYPE_BF16) {
+        gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has type %s (want F32/F16/BF16)",
+                     g->path, name, gm_type_name(t->type));
+        return NULL;
+    }
+    float *out = malloc((size_t)n * sizeof *out);
+    if (!out) {
+        gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory for %s", g->path, name);
+        return NULL;
+    }
+    if (t->type == GM_TYPE_F32) {
+        memcpy(out, t->data, (size_t)n * sizeof *out);
+    } else if (t->type == GM_TYPE_F16) {
+        const gm_fp16 *s = t->data;
+        for (int64_t i = 0; i < n; i++)
+            out[i] = gm_fp16_to_fp32(s[i]);
+    } else {
+        const gm_bf16 *s = t->data;
+        for (int64_t i = 0; i < n; i++)
+            out[i] = gm_bf16_to_fp32(s[i]);
+    }
+    return out;
+}
+
+static int au_matrix(const gm_gguf *g, const char *name, int64_t rows, int64_t cols,
+                     gm_matrix *m, gm_error *err)
+{
+    const int64_t ne[2] = { cols, rows };
+    const gm_gguf_tensor *t = au_tensor(g, name, 2, ne, err);
+    if (!t)
+        return err ? err->code : GM_ERR_FORMAT;
+    if (!gm_matmul_supports(t->type))
+        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has unsupported type %s",
+                            g->path, name, gm_type_name(t->type));
+    m->type = t->type;
+    m->rows = rows;
+    m->cols = cols;
+    m->row_bytes = gm_row_size(t->type, cols);
+    m->data = t->data;
+    m->name = t->name;
+    if (m->row_bytes * (uint64_t)rows > t->nbytes)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor %s is too small", g->path, name);
+    return GM_OK;
+}
+
+/* The weight `base`.weight and its optional clamp scalars `base`.input_min … (llama.cpp
+ * keeps each pair or nothing). */
+static int au_load_linear(const gm_gguf *g, const char *base, int64_t rows, int64_t cols,
+                          au_linear *l, gm_error *err)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", base);
+    int rc = au_matrix(g, name, rows, cols, &l->w, err);
+    static const char *const sfx[4] = { "input_min", "input_max", "output_min", "output_max" };
+    float *dst[4] = { &l->in_min, &l->in_max, &l->out_min, &l->out_max };
+    bool *pres[4] = { &l->clamp_in, &l->clamp_in, &l->clamp_out, &l->clamp_out };
+    static const int64_t one[1] = { 1 };
+    for (int i = 0; i < 4 && rc == GM_OK; i++) {
+        *dst[i] = (i % 2) ? FLT_MAX : -FLT_MAX;
+        snprintf(name, sizeof name, "%s.%s", base, sfx[i]);
+        if (!gm_gguf_find_tensor(g, name))
+            continue;
+        float *v = au_floats(g, name, 1, one, err);
+        if (!v)
+            return err ? err->code : GM_ERR_FORMAT;
+        *dst[i] = v[0];
+        *pres[i] = true;
+        free(v);
+    }
+    if (rc == GM_OK && (l->in_min > l->in_max || l->out_min > l->out_max))
+        rc = gm_set_error(err, GM_ERR_FORMAT, "%s: clamp bounds of %s.weight are inverted",
+                          g->path, base);
+    return rc;
+}
+
+void gm_audio_model_free(gm_audio_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (uint32_t i = 0; i < m->n_layer; i++) {
+            struct au_layer *L = &m->layers[i];
+            float *v[] = { L->ffn_norm, L->ffn_post_norm, L->attn_pre_norm, L->attn_post_norm,
+                           L->conv_pre_norm, L->conv_post_norm, L->ffn_norm_1,
+                           L->ffn_post_norm_1, L->out_norm, L->qs, L->dw, L->rel };
+            for (size_t j = 0; j < sizeof v / sizeof v[0]; j++)
+                free(v[j]);
+        }
+        free(m->layers);
+    }
+    free(m->conv0);
+    free(m->norm0);
+    free(m->conv1r);
+    free(m->norm1);
+    free(m->out_bias);
+    free(m->soft_norm);
+    gm_gguf_close(m->g);
+    free(m);
+}
+
+/* R(d) = relative_k_proj · [sin(d·τ_i), cos(d·τ_i)], τ_i = 10^4^(−i/(H/2−1)), d = 0..12. */
+static int au_rel_table(const gm_audio_model *m, struct au_layer *L, const gm_matrix *relk,
+                        gm_error *err)
+{
+    const int64_t H = m->n_embd, half = H / 2;
+    float *sinus = malloc((size_t)(AU_REL * H) * sizeof *sinus);
+    L->rel = malloc((size_t)(AU_REL * H) * sizeof *L->rel);
+    if (!sinus || !L->rel) {
+        free(sinus);
+        return gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", m->g->path);
+    }
+    const double incr = log(1e4) / (double)(half > 1 ? half - 1 : 1);
+    for (int d = 0; d < AU_REL; d++)
+        for (int64_t i = 0; i < half; i++) {
+            double a = d * exp(-(double)i * incr);
+            sinus[d * H + i] = (float)sin(a);
+            sinus[d * H + half + i] = (float)cos(a);
+        }
+    gm_matmul(NULL, relk, sinus, AU_REL, H, L->rel, H);
+    free(sinus);
+    return GM_OK;
+}
+
+static int au_load(gm_audio_model *m, gm_error *err)
+{
+    gm_gguf *g = m->g;
+    char *s = NULL;
+    int rc = gm_gguf_get_str(g, "clip.audio.projector_type", &s, err);
+    if (rc != GM_OK) {
+        /* Single-modality files may only have clip.projector_type. */
+        gm_error_clear(err);
+        if ((rc = gm_gguf_get_str(g, "clip.projector_type", &s, err)) != GM_OK)
+            return gm_set_error(err, GM_ERR_UNSUPPORTED,
+                                "%s: no audio encoder (no clip.audio.projector_type)", g->path);
+    }
+    bool ok = strcmp(s, "gemma4a") == 0;
+    if (!ok)
+        gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: audio projector_type %s is not gemma4a", g->path, s);
+    free(s);
+    if (!ok)
+        return GM_ERR_UNSUPPORTED;
+    bool has_audio = true;
+    uint32_t mel = AU_MEL, ff_key = 0;
+    if ((rc = gm_gguf_get_bool_opt(g, "clip.has_audio_encoder", &has_audio, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.audio.embedding_length", &m->n_embd, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.audio.block_count", &m->n_layer, err)) ||
+        (rc = gm_gguf_get_u32(g, "clip.audio.attention.head_count", &m->n_head, err)) ||
+        (rc = gm_gguf_get_u32_opt(g, "clip.audio.feed_forward_length", &ff_key, err)) ||
+        (rc = gm_gguf_get_u32_opt(g, "clip.audio.num_mel_bins", &mel, err)))
+        return rc;
+    if (!has_audio)
+        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: clip.has_audio_encoder is false", g->path);
+    if (mel != AU_MEL)
+        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: clip.audio.num_mel_bins %u (want %d)",
+                            g->path, mel, AU_MEL);
+    if (m->n_embd == 0 || m->n_embd % 2 || m->n_head == 0 || m->n_embd % m->n_head ||
+        m->n_layer > 4096 || m->n_embd > (1u << 16))
+        return gm_set_error(err, GM_ERR_FORMAT,
+                            "%s: bad clip.audio sizes (embedding_length %u, head_count %u, block_count %u)",
+                            g->path, m->n_embd, m->n_head, m->n_layer);
+    m->head_dim = m->n_embd / m->n_head;
+    const int64_t H = m->n_embd, hd = m->head_dim;
+
+    /* Sizes the keys do not carry come from the tensors. */
+    const gm_gguf_tensor *t;
+    if (!(t = gm_gguf_find_tensor(g, "a.conv1d.0.weight")))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor a.conv1d.0.weight", g->path);
+    if (t->ne[3] <= 0 || t->ne[3] > 4096)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor a.conv1d.0.weight has bad shape", g->path);
+    m->c0 = (uint32_t)t->ne[3];
+    if (!(t = gm_gguf_find_tensor(g, "a.conv1d.1.weight")))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor a.conv1d.1.weight", g->path);
+    if (t->ne[3] <= 0 || t->ne[3] > 4096)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor a.conv1d.1.weight has bad shape", g->path);
+    m->c1 = (uint32_t)t->ne[3];
+    if (!(t = gm_gguf_find_tensor(g, "a.blk.0.ffn_up.weight")) && m->n_layer)
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor a.blk.0.ffn_up.weight", g->path);
+    m->n_ff = t ? (uint32_t)t->ne[1] : 4 * m->n_embd;
+    if (m->n_ff == 0 || m->n_ff > (1u << 20) || (ff_key && ff_key != m->n_ff))
+        return gm_set_error(err, GM_ERR_FORMAT,
+                            "%s: clip.audio.feed_forward_length %u but a.blk.0.ffn_up.weight has %u outputs",
+                            g->path, ff_key, m->n_ff);
+    if (!(t = gm_gguf_find_tensor(g, "a.pre_encode.out.weight")))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor a.pre_encode.out.weight", g->path);
+    if (t->ne[1] <= 0 || t->ne[1] > (1 << 20))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor a.pre_encode.out.weight has bad shape", g->path);
+    m->out_dim = (uint32_t)t->ne[1];
+    if (!(t = gm_gguf_find_tensor(g, "mm.a.input_projection.weight")))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor mm.a.input_projection.weight", g->path);
+    if (t->ne[1] <= 0 || t->ne[1] > (1 << 20))
+        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor mm.a.input_projection.weight has bad shape", g->path);
+    m->proj_dim = (uint32_t)t->ne[1];
+    uint32_t kd = 0;
+    if ((rc = gm_gguf_get_u32_opt(g, "clip.audio.projection_dim", &kd, err)))
+        return rc;
+    if (kd && kd != m->proj_dim)
+        return gm_set_error(err, GM_ERR_FORMAT,
+                            "%s: clip.audio.projection_dim %u but mm.a.input_projection.weight has %u outputs",
+                            g->path, kd, m->proj_dim);
+
+    const int64_t c0 = m->c0, c1 = m->c1, F = m->n_ff;
+    const int64_t ne0[4] = { 3, 3, 1, c0 }, ne1[4] = { 3, 3, c0, c1 };
+    const int64_t nc0[1] = { c0 }, nc1[1] = { c1 }, hne[1] = { H }, dne[1] = { hd };
+    float *conv1 = NULL;
+    if (!(m->conv0 = au_floats(g, "a.conv1d.0.weight", 4, ne0, err)) ||
+        !(m->norm0 = au_floats(g, "a.conv1d.0.norm.weight", 1, nc0, err)) ||
+        !(conv1 = au_floats(g, "a.conv1d.1.weight", 4, ne1, err)) ||
+        !(m->norm1 = au_floats(g, "a.conv1d.1.norm.weight", 1, nc1, err))) {
+        free(conv1);
+        return err ? err->code : GM_ERR_FORMAT;
+    }
+    /* [c1][c0][a][b] → [c1][a][b][c0]: the im2col rows gather channels innermost. */
+    if (!(m->conv1r = malloc((size_t)(c1 * 9 * c0) * sizeof *m->conv1r))) {
+        free(conv1);
+        return gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", g->path);
+    }
+    for (int64_t o = 0; o < c1; o++)
+        for (int64_t c = 0; c < c0; c++)
+            for (int ab = 0; ab < 9; ab++)
+                m->conv1r[(o * 9 + ab) * c0 + c] = conv1[(o * c0 + c) * 9 + ab];
+    free(conv1);
+    m->conv1m = (gm_matrix){ .type = GM_TYPE_F32, .rows = c1, .cols = 9 * c0,
+                             .row_bytes = (size_t)(9 * c0) * sizeof(float), .data = m->conv1r,
+                             .name = "a.conv1d.1.weight" };
+    if ((rc = au_matrix(g, "a.input_projection.weight", H, AU_F2 * c1, &m->in_proj, err)) ||
+        (rc = au_load_linear(g, "a.pre_encode.out", m->out_dim, H, &m->out_proj, err)) ||
+        (rc = au_matrix(g, "mm.a.input_projection.weight", m->proj_dim, m->out_dim, &m->mm_proj, err)))
+        return rc;
+    const int64_t one_out[1] = { m->out_dim };
+    if (!(m->out_bias = au_floats(g, "a.pre_encode.out.bias", 1, one_out, err)))
+        return err ? err->code : GM_ERR_FORMAT;
+    if (gm_gguf_find_tensor(g, "mm.a.soft_emb_norm.weight") &&
+        !(m->soft_norm = au_floats(g, "mm.a.soft_emb_norm.weight", 1, one_out, err)))
+        return err ? err->code : GM_ERR_FORMAT;
+
+    if (!(m->layers = calloc(m->n_layer ? m->n_layer : 1, sizeof *m->layers)))
+        return gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", g->path);
+    const float q_scale = (float)(pow((double)hd, -0.5) / log(2.0));
+    const int64_t dwne[2] = { AU_KERNEL, H };
+    for (uint32_t il = 0; il < m->n_layer; il++) {
+        struct au_layer *L = &m->layers[il];
+        char name[256];
+#define AU_VEC(field, sfx, ne)                                                              \
+        snprintf(name, sizeof name, "a.blk.%u." sfx, il);                                    \
+        if (!(L->field = au_floats(g, name, 1, ne, err)))                                    \
+            return err ? err->code : GM_ERR_FORMAT;
+        AU_VEC(ffn_norm, "ffn_norm.weight", hne)
+        AU_VEC(ffn_post_norm, "ffn_post_norm.weight", hne)
+        AU_VEC(attn_pre_norm, "attn_pre_norm.weight", hne)
+        AU_VEC(attn_post_norm, "attn_post_norm.weight", hne)
+        /* Crosswise on purpose: the converter stores lconv1d.pre_layer_norm as
+         * conv_norm and lconv1d.conv_norm as norm_conv (clip.cpp loads them so too). */
+        AU_VEC(conv_pre_norm, "conv_norm.weight", hne)
+        AU_VEC(conv_post_norm, "norm_conv.weight", hne)
+        AU_VEC(ffn_norm_1, "ffn_norm_1.weight", hne)
+        AU_VEC(ffn_post_norm_1, "ffn_post_norm_1.weight", hne)
+        AU_VEC(out_norm, "ln2.weight", hne)
+        AU_VEC(qs, "per_dim_scale.weight", dne)
+#undef AU_VEC
+        for (int64_t d = 0; d < hd; d++)
+            L->qs[d] *= q_scale;
+        snprintf(name, sizeof name, "a.blk.%u.conv_dw.weight", il);
+        if (!(L->dw = au_floats(g, name, 2, dwne, err)))
+            return err ? err->code : GM_ERR_FORMAT;
+#define AU_LIN(field, sfx, rows, cols)                                                      \
+        snprintf(name, sizeof name, "a.blk.%u." sfx, il);                                    \
+        if ((rc = au_load_linear(g, name, rows, cols, &L->field, err)))                      \
+            return rc;
+        AU_LIN(up, "ffn_up", F, H)
+        AU_LIN(down, "ffn_down", H, F)
+        AU_LIN(q, "attn_q", H, H)
+        AU_LIN(k, "attn_k", H, H)
+        AU_LIN(v, "attn_v", H, H)
+        AU_LIN(o, "attn_out", H, H)
+        AU_LIN(pw1, "conv_pw1", 2 * H, H)
+        AU_LIN(pw2, "conv_pw2", H, H)
+        AU_LIN(up_1, "ffn_up_1", F, H)
+        AU_LIN(down_1, "ffn_down_1", H, F)
+#undef AU_LIN
+        gm_matrix relk;
+        snprintf(name, sizeof name, "a.blk.%u.attn_k_rel.weight", il);
+        if ((rc = au_matrix(g, name, H, H, &relk, err)) || (rc = au_rel_table(m, L, &relk, err)))
+            return rc;
+    }
+    return GM_OK;
+}
+
+gm_audio_model *gm_audio_model_load(const char *mmproj_path, gm_error *err)
+{
+    gm_audio_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", mmproj_path);
+        return NULL;
+    }
+    if (!(m->g = gm_gguf_open(mmproj_path, err)) || au_load(m, err) != GM_OK) {
+        gm_audio_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+uint32_t gm_audio_model_projection_dim(const gm_audio_model *m) { return m->proj_dim; }
+uint32_t gm_audio_model_hidden(const gm_audio_model *m) { return m->n_embd; }
+
+uint32_t gm_audio_n_soft_tokens(uint32_t n_frames)
+{
+    uint32_t t1 = n_frames / 2 + (n_frames & 1);
+    return t1 / 2 + (t1 & 1);
+}
+
+/* ---- forward ---------------------------------------------------------------------- */
+
+typedef void (*au_rows_fn)(void *arg, int64_t r0, int64_t r1);
+
+typedef struct au_par {
+    au_rows_fn fn;
+    void *arg;
+    int64_t n;
+} au_par;
+
+static void au_par_worker(void *ctx, int ith, int nth)
+{
+    const au_par *p = ctx;
+    long b, e;
+    gm_pool_range((long)p->n, ith, nth, &b, &e);
+    if (b < e)
+        p->fn(p->arg, b, e);
+}
+
+static void au_parallel(gm_pool *pool, int64_t n, au_rows_fn fn, void *arg)
+{
+    au_par p = { .fn = fn, .arg = arg, .n = n };
+    if (pool && n > 1 && gm_pool_size(pool) > 1)
+        gm_pool_run(pool, au_par_worker, &p);
+    else
+        fn(arg, 0, n);
+}
+
+typedef struct au_fwd {
+    const gm_audio_model *m;
+    const struct au_layer *L;
+    const float *feat;     /* T × 128 */
+    int64_t T, T1, n;      /* frames, rows after conv 0, tokens */
+    float *x0;             /* conv 0 output [T1][64][c0] */
+    float *col;            /* im2col rows of a chunk: [rows][9·c0] */
+    int64_t col_t0;        /* first output time row of the chunk */
+    float *x1;             /* conv 1 output [n][32][c1] */
+    float *h, *a, *q, *k, *v, *o, *big, *tmp;
+    /* generic row steps */
+    float *r_x;
+    int64_t r_cols;
+    float r_lo, r_hi;
+    const float *r_w;
+} au_fwd;
+
+static inline float au_clampf(float x, float lo, float hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+static void au_clampv(float *x, int64_t n, float lo, float hi)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = au_clampf(x[i], lo, hi);
+}
+
+/* Conv 0 (1 → c0 channels) + channel LayerNorm + ReLU, output rows [r0, r1). */
+static void au_rows_conv0(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const gm_audio_model *m = f->m;
+    const int64_t c0 = m->c0, T = f->T;
+    for (int64_t t = r0; t < r1; t++)
+        for (int64_t fo = 0; fo < AU_F1; fo++) {
+            float in[9];
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++) {
+                    int64_t ti = 2 * t - 1 + a, fi = 2 * fo - 1 + b;
+                    in[a * 3 + b] = (ti >= 0 && ti < T && fi >= 0 && fi < AU_MEL)
+                                        ? f->feat[ti * AU_MEL + fi] : 0.0f;
+                }
+            float *y = f->x0 + (t * AU_F1 + fo) * c0;
+            for (int64_t c = 0; c < c0; c++) {
+                const float *w = m->conv0 + c * 9;
+                float s = 0;
+                for (int j = 0; j < 9; j++)
+                    s += w[j] * in[j];
+                y[c] = s;
+            }
+            gm_layernorm(y, y, m->norm0, NULL, c0, AU_EPS);
+            for (int64_t c = 0; c < c0; c++)
+                y[c] = y[c] > 0 ? y[c] : 0;
+        }
+}
+
+/* im2col for conv 1: row (t − col_t0)·32 + fo holds x0[2t−1+a][2fo−1+b][c] at
+ * (a·3 + b)·c0 + c (zero outside). Rows r are indices within the chunk. */
+static void au_rows_im2col(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t c0 = f->m->c0;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t t = f->col_t0 + r / AU_F2, fo = r % AU_F2;
+        float *dst = f->col + r * 9 * c0;
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++) {
+                int64_t ti = 2 * t - 1 + a, fi = 2 * fo - 1 + b;
+                float *d = dst + (a * 3 + b) * c0;
+                if (ti >= 0 && ti < f->T1 && fi >= 0 && fi < AU_F1)
+                    memcpy(d, f->x0 + (ti * AU_F1 + fi) * c0, (size_t)c0 * sizeof *d);
+                else
+                    memset(d, 0, (size_t)c0 * sizeof *d);
+            }
+    }
+}
+
+/* Channel LayerNorm + ReLU over conv 1 outputs (rows of c1). */
+static void au_rows_norm1(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t c1 = f->m->c1;
+    for (int64_t r = r0; r < r1; r++) {
+        float *y = f->x1 + r * c1;
+        gm_layernorm(y, y, f->m->norm1, NULL, c1, AU_EPS);
+        for (int64_t c = 0; c < c1; c++)
+            y[c] = y[c] > 0 ? y[c] : 0;
+    }
+}
+
+static void au_rows_clamp(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    au_clampv(f->r_x + r0 * f->r_cols, (r1 - r0) * f->r_cols, f->r_lo, f->r_hi);
+}
+
+/* tmp = clamp(x) */
+static void au_rows_clamp_copy(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t c = f->r_cols;
+    for (int64_t i = r0 * c; i < r1 * c; i++)
+        f->tmp[i] = au_clampf(f->r_x[i], f->r_lo, f->r_hi);
+}
+
+/* y = clamp_out(W · clamp_in(x)) over n rows; x is left as it is. */
+static void au_linear_apply(gm_pool *pool, au_fwd *f, const au_linear *l, float *x, float *y)
+{
+    const int64_t n = f->n;
+    if (l->clamp_in) {
+        f->r_x = x;
+        f->r_cols = l->w.cols;
+        f->r_lo = l->in_min;
+        f->r_hi = l->in_max;
+        au_parallel(pool, n, au_rows_clamp_copy, f);
+        x = f->tmp;
+    }
+    gm_matmul(pool, &l->w, x, n, l->w.cols, y, l->w.rows);
+    if (l->clamp_out) {
+        f->r_x = y;
+        f->r_cols = l->w.rows;
+        f->r_lo = l->out_min;
+        f->r_hi = l->out_max;
+        au_parallel(pool, n, au_rows_clamp, f);
+    }
+}
+
+/* a = RMSNorm(clamp_G(h); r_w) */
+static void au_rows_pre_norm(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++) {
+        float *ai = f->a + i * H;
+        const float *hi = f->h + i * H;
+        for (int64_t j = 0; j < H; j++)
+            ai[j] = au_clampf(hi[j], -AU_GCLIP, AU_GCLIP);
+        gm_rmsnorm(ai, ai, f->r_w, H, AU_EPS);
+    }
+}
+
+/* big = silu(big) (rows of n_ff) */
+static void au_rows_silu(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t F = f->m->n_ff;
+    gm_silu(f->big + r0 * F, (r1 - r0) * F);
+}
+
+/* h += r_lo · RMSNorm(clamp_G(a); r_w)  (FFN: r_lo = 0.5; attention: 1) */
+static void au_rows_post_add(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++) {
+        float *ai = f->a + i * H;
+        au_clampv(ai, H, -AU_GCLIP, AU_GCLIP);
+        gm_rmsnorm(ai, ai, f->r_w, H, AU_EPS);
+        gm_vec_axpy(f->h + i * H, f->r_lo, ai, H);
+    }
+}
+
+static void au_ffn(gm_pool *pool, au_fwd *f, const float *pre, const au_linear *up,
+                   const au_linear *down, const float *post)
+{
+    f->r_w = pre;
+    au_parallel(pool, f->n, au_rows_pre_norm, f);
+    au_linear_apply(pool, f, up, f->a, f->big);
+    au_parallel(pool, f->n, au_rows_silu, f);
+    au_linear_apply(pool, f, down, f->big, f->a);
+    f->r_w = post;
+    f->r_lo = 0.5f;
+    au_parallel(pool, f->n, au_rows_post_add, f);
+}
+
+/* q ·= (hd^-½/ln2)·softplus(pds) per dim; k ·= ln(1+e)/ln2 */
+static void au_rows_qk_scale(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const gm_audio_model *m = f->m;
+    const int64_t H = m->n_embd, hd = m->head_dim;
+    const float ks = (float)(log1p(exp(1.0)) / log(2.0));
+    for (int64_t i = r0; i < r1; i++) {
+        for (uint32_t hh = 0; hh < m->n_head; hh++)
+            gm_vec_mul(f->q + i * H + hh * hd, f->L->qs, hd);
+        gm_vec_scale(f->k + i * H, ks, H);
+    }
+}
+
+/* Local attention of query rows: keys t−11..t (≥ 0), logit q·k_s + q·R(t−s), softcap 50. */
+static void au_rows_attn(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const gm_audio_model *m = f->m;
+    const int64_t H = m->n_embd, hd = m->head_dim;
+    const float *rel = f->L->rel;
+    for (int64_t t = r0; t < r1; t++) {
+        const int64_t nk = t + 1 < AU_WINDOW ? t + 1 : AU_WINDOW;
+        float *ot = f->o + t * H;
+        memset(ot, 0, (size_t)H * sizeof *ot);
+        for (uint32_t hh = 0; hh < m->n_head; hh++) {
+            const int64_t off = hh * hd;
+            const float *qt = f->q + t * H + off;
+            float sc[AU_WINDOW];
+            for (int64_t d = 0; d < nk; d++)
+                sc[d] = gm_vec_dot_f32(qt, f->k + (t - d) * H + off, hd) +
+                        gm_vec_dot_f32(qt, rel + d * H + off, hd);
+            gm_softcap(sc, nk, AU_CAP);
+            gm_softmax(sc, nk);
+            for (int64_t d = 0; d < nk; d++)
+                gm_vec_axpy(ot + off, sc[d], f->v + (t - d) * H + off, hd);
+        }
+    }
+}
+
+/* a = RMSNorm(h; conv_pre_norm) — no clamp before this one in HF */
+static void au_rows_conv_pre(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++)
+        gm_rmsnorm(f->a + i * H, f->h + i * H, f->L->conv_pre_norm, H, AU_EPS);
+}
+
+/* GLU: row i of o = first half of big row i · sigmoid(second half) */
+static void au_rows_glu(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++) {
+        const float *y = f->big + i * 2 * H;
+        float *g = f->o + i * H;
+        for (int64_t c = 0; c < H; c++)
+            g[c] = y[c] / (1.0f + expf(-y[H + c]));
+    }
+}
+
+/* Causal depthwise conv (k = 5, left pad 4) of o into a, clamp, RMSNorm(norm_conv), SiLU,
+ * then linear_end's input clamp in place (a is not read again). */
+static void au_rows_dwconv(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const struct au_layer *L = f->L;
+    const int64_t H = f->m->n_embd;
+    for (int64_t t = r0; t < r1; t++) {
+        float *z = f->a + t * H;
+        for (int64_t c = 0; c < H; c++) {
+            const float *w = L->dw + c * AU_KERNEL;
+            float s = 0;
+            for (int j = 0; j < AU_KERNEL; j++) {
+                int64_t ti = t - (AU_KERNEL - 1) + j;
+                if (ti >= 0)
+                    s += w[j] * f->o[ti * H + c];
+            }
+            z[c] = au_clampf(s, -AU_GCLIP, AU_GCLIP);
+        }
+        gm_rmsnorm(z, z, L->conv_post_norm, H, AU_EPS);
+        gm_silu(z, H);
+        if (L->pw2.clamp_in)
+            au_clampv(z, H, L->pw2.in_min, L->pw2.in_max);
+    }
+}
+
+/* h += a  (after linear_end) */
+static void au_rows_add(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    gm_vec_add(f->h + r0 * H, f->a + r0 * H, (r1 - r0) * H);
+}
+
+/* h = RMSNorm(clamp_G(h); norm_out) */
+static void au_rows_out_norm(void *arg, int64_t r0, int64_t r1)
+{
+    au_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++) {
+        float *hi = f->h + i * H;
+        au_clampv(hi, H, -AU_GCLIP, AU_GCLIP);
+        gm_rmsnorm(hi, hi, f->L->out_norm, H, AU_EPS);
+    }
+}
+
+/* Floats of im2col rows per chunk of conv 1 (bounded scratch, ~16 MiB). */
+#define AU_COL_FLOATS ((int64_t)1 << 22)
+
+int gm_audio_encode_checkpoints(const gm_audio_model *m, gm_pool *pool, const float *features,
+                                uint32_t n_frames, float *out, const gm_audio_checkpoints *ck,
+                                gm_error *err)
+{
+    if (!m || !features || !out)
+        return gm_set_error(err, GM_ERR_INVALID, "audio encode: NULL argument");
+    if (n_frames == 0)
+        return gm_set_error(err, GM_ERR_INVALID, "audio encode: no feature frames (clip too short)");
+    if (n_frames > AU_MAX_FRAMES)
+        return gm_set_error(err, GM_ERR_INVALID, "audio encode: %u frames is too many (max %u)",
+                            n_frames, AU_MAX_FRAMES);
+    const int64_t T = n_frames, T1 = (T + 1) / 2, n = gm_audio_n_soft_tokens(n_frames);
+    const int64_t H = m->n_embd, F = m->n_ff, c0 = m->c0, c1 = m->c1, O = m->out_dim;
+    const int64_t K1 = 9 * c0;
+    int64_t rows_chunk = AU_COL_FLOATS / (K1 * AU_F2);
+    if (rows_chunk < 1)
+        rows_chunk = 1;
+    if (rows_chunk > n)
+        rows_chunk = n;
+    int64_t wide = F > 2 * H ? F : 2 * H;
+    if (O > wide)
+        wide = O;
+    const int64_t tmpw = wide > AU_F2 * c1 ? wide : AU_F2 * c1;
+    /* Scratch: conv 0 output and im2col rows (freed after subsampling), then the block
+     * activations. */
+    size_t n_sub = (size_t)(T1 * AU_F1 * c0) + (size_t)(rows_chunk * AU_F2 * K1) +
+                   (size_t)(n * AU_F2 * c1);
+    size_t n_blk = (size_t)(n * H) * 6 + (size_t)(n * wide) + (size_t)(n * tmpw);
+    float *sub = malloc(n_sub * sizeof *sub);
+    float *buf = malloc(n_blk * sizeof *buf);
+    if (!sub || !buf) {
+        free(sub);
+        free(buf);
+        return gm_set_error(err, GM_ERR_NOMEM, "audio encode: out of memory for %u frames", n_frames);
+    }
+    au_fwd f = { .m = m, .feat = features, .T = T, .T1 = T1, .n = n, .x0 = sub };
+    f.col = sub + T1 * AU_F1 * c0;
+    f.x1 = f.col + rows_chunk * AU_F2 * K1;
+    f.h = buf;
+    f.a = f.h + n * H;
+    f.q = f.a + n * H;
+    f.k = f.q + n * H;
+    f.v = f.k + n * H;
+    f.o = f.v + n * H;
+    f.big = f.o + n * H;
+    f.tmp = f.big + n * wide;
+
+    /* Subsampling: conv 0 directly (9 taps), conv 1 as im2col chunks × gm_matmul. */
+    au_parallel(pool, T1, au_rows_conv0, &f);
+    for (int64_t t0 = 0; t0 < n; t0 += rows_chunk) {
+        const int64_t nt = n - t0 < rows_chunk ? n - t0 : rows_chunk;
+        f.col_t0 = t0;
+        au_parallel(pool, nt * AU_F2, au_rows_im2col, &f);
+        gm_matmul(pool, &m->conv1m, f.col, nt * AU_F2, K1, f.x1 + t0 * AU_F2 * c1, c1);
+    }
+    au_parallel(pool, n * AU_F2, au_rows_norm1, &f);
+    /* Row t of x1 is [f][c] = the f·C1 + c flattening input_proj reads. */
+    gm_matmul(pool, &m->in_proj, f.x1, n, AU_F2 * c1, f.h, H);
+    free(sub);
+    if (ck && ck->subsampled)
+        memcpy(ck->subsampled, f.h, (size_t)(n * H) * sizeof *f.h);
+
+    for (uint32_t il = 0; il < m->n_layer; il++) {
+        const struct au_layer *L = &m->layers[il];
+        f.L = L;
+        au_ffn(pool, &f, L->ffn_norm, &L->up, &L->down, L->ffn_post_norm);
+
+        f.r_w = L->attn_pre_norm;
+        au_parallel(pool, n, au_rows_pre_norm, &f);
+        au_linear_apply(pool, &f, &L->q, f.a, f.q);
+        au_linear_apply(pool, &f, &L->k, f.a, f.k);
+        au_linear_apply(pool, &f, &L->v, f.a, f.v);
+        au_parallel(pool, n, au_rows_qk_scale, &f);
+        au_parallel(pool, n, au_rows_attn, &f);
+        au_linear_apply(pool, &f, &L->o, f.o, f.a);
+        f.r_w = L->attn_post_norm;
+        f.r_lo = 1.0f;
+        au_parallel(pool, n, au_rows_post_add, &f);
+
+        au_parallel(pool, n, au_rows_conv_pre, &f);
+        au_linear_apply(pool, &f, &L->pw1, f.a, f.big);
+        au_parallel(pool, n, au_rows_glu, &f);
+        au_parallel(pool, n, au_rows_dwconv, &f);
+        gm_matmul(pool, &L->pw2.w, f.a, n, H, f.o, H);
+        if (L->pw2.clamp_out) {
+            f.r_x = f.o;
+            f.r_cols = H;
+            f.r_lo = L->pw2.out_min;
+            f.r_hi = L->pw2.out_max;
+            au_parallel(pool, n, au_rows_clamp, &f);
+        }
+        float *a_save = f.a;
+        f.a = f.o; /* h += linear_end output */
+        au_parallel(pool, n, au_rows_add, &f);
+        f.a = a_save;
+
+        au_ffn(pool, &f, L->ffn_norm_1, &L->up_1, &L->down_1, L->ffn_post_norm_1);
+        au_parallel(pool, n, au_rows_out_norm, &f);
+        if (il == 0 && ck && ck->layer0)
+            memcpy(ck->layer0, f.h, (size_t)(n * H) * sizeof *f.h);
+    }
+    if (ck && ck->encoder_out)
+        memcpy(ck->encoder_out, f.h, (size_t)(n * H) * sizeof *f.h);
+
+    /* output_proj (with bias; clamped if the file has bounds, as llama.cpp does for any
+     * weight with them), then embed_audio: weightless RMSNorm (× soft_emb_norm if the file
+     * has one) and the projection to the text width. */
+    float *tw = f.big;
+    au_linear_apply(pool, &f, &m->out_proj, f.h, tw);
+    for (int64_t i = 0; i < n; i++)
+        gm_vec_add(tw + i * O, m->out_bias, O);
+    if (ck && ck->tower_out)
+        memcpy(ck->tower_out, tw, (size_t)(n * O) * sizeof *tw);
+    for (int64_t i = 0; i < n; i++)
+        gm_rmsnorm(tw + i * O, tw + i * O, m->soft_norm, O, AU_EPS);
+    gm_matmul(pool, &m->mm_proj, tw, n, O, out, m->proj_dim);
+    free(buf);
+    return GM_OK;
+}
+
+int gm_audio_encode(const gm_audio_model *m, gm_pool *pool, const float *features,
+                    uint32_t n_frames, float *soft_tokens_out, gm_error *err)
+{
+    return gm_audio_encode_checkpoints(m, pool, features, n_frames, soft_tokens_out, NULL, err);
+}
