@@ -5,6 +5,8 @@
  *     position only. tg: after a short prompt, n tokens one at a time (greedy).
  * Bandwidth: threads stream through a 1 GiB buffer (best of a few runs); the decode's
  * achieved bandwidth is the bytes of weights one token reads times tokens/s.
+ * Image mode (--mmproj, --image): decode, preprocess and vision-encoder times of one
+ * image file, no text model involved.
  * Usage in docs/tools.md. Exit codes: 0 ok, 1 usage, 2 model load error, 3 runtime error.
  */
 #include <math.h>
@@ -19,6 +21,7 @@
 #include "decoder/context.h"
 #include "decoder/model.h"
 #include "tool-common.h"
+#include "vision/image-embed.h"
 
 static const char *prog = "gemma-bench";
 
@@ -28,7 +31,8 @@ static const char *prog = "gemma-bench";
 
 typedef struct options {
     const char *model;
-    long p, n, reps, threads, ctx, batch, seed;
+    const char *mmproj, *image;
+    long p, n, reps, threads, ctx, batch, seed, image_tokens;
     bool json;
 } options;
 
@@ -37,6 +41,8 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: gemma-bench -m MODEL.gguf [-p 512] [-n 128] [-r 5] [--threads N] [--ctx N]\n"
         "                   [--batch N] [--seed N] [--json]\n"
+        "       gemma-bench --mmproj MMPROJ.gguf --image FILE [--image-tokens 280] [-r 5]\n"
+        "                   [--threads N] [--json]\n"
         "\n"
         "  -p N          prompt-processing test: N random token ids (0 = skip)\n"
         "  -n N          generation test: N tokens one at a time after a %d-token prompt (0 = skip)\n"
@@ -45,7 +51,12 @@ static void usage(FILE *f)
         "  --ctx N       context size (default: what the tests need)\n"
         "  --batch N     prefill chunk size (default 512)\n"
         "  --seed N      seed of the random prompts (default 1)\n"
-        "  --json        one JSON object on stdout instead of the table\n",
+        "  --json        one JSON object on stdout instead of the table\n"
+        "\n"
+        "image mode (no text model): times of decoding, preprocessing and encoding one PNG/JPEG\n"
+        "  --mmproj FILE       gemma4v vision mmproj GGUF\n"
+        "  --image FILE        the image\n"
+        "  --image-tokens N    soft-token budget: 70, 140, 280 (default), 560 or 1120\n",
         TG_PROMPT);
 }
 
@@ -225,9 +236,171 @@ static void json_stats(FILE *f, const char *key, long n_tokens, const stats *s)
     fprintf(f, "]},\n");
 }
 
+/* ---- image mode ------------------------------------------------------------------------ */
+
+enum { ST_DECODE, ST_PREPROCESS, ST_ENCODE, ST_TOTAL, ST_COUNT };
+static const char *const stage_names[ST_COUNT] = { "decode", "preprocess", "encode", "total" };
+
+/* One image through gm_image_embed -r times after a warm-up; per-stage wall times. */
+static int image_bench(const options *o)
+{
+    int exit_code = TOOL_EXIT_OK;
+    gm_error err = { 0 };
+    gm_pool *pool = NULL;
+    gm_image_embedding e = { 0 };
+    stats st[ST_COUNT] = { { 0 } };
+    uint8_t *data = NULL;
+    size_t len = 0;
+    char *name = NULL;
+
+    FILE *f = fopen(o->image, "rb");
+    if (f) {
+        data = (uint8_t *)tool_read_all(f, &len);
+        fclose(f);
+    }
+    if (!data) {
+        fprintf(stderr, "%s: %s: cannot read the image\n", prog, o->image);
+        return TOOL_EXIT_USAGE;
+    }
+    double loadavg = -1;
+    getloadavg(&loadavg, 1);
+    double t0 = tool_now();
+    gm_vision_model *vm = gm_vision_model_load(o->mmproj, &err);
+    if (!vm) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        free(data);
+        return TOOL_EXIT_LOAD;
+    }
+    double load_s = tool_now() - t0;
+    long rss_load = tool_rss_kib();
+    /* general.name and the matrices' types for the table, from a second (mapped) open */
+    type_bytes tb;
+    memset(&tb, 0, sizeof tb);
+    gm_gguf *g = gm_gguf_open(o->mmproj, &err);
+    if (g) {
+        if (gm_gguf_get_str(g, "general.name", &name, &err) != GM_OK)
+            name = NULL;
+        count_types(g, &tb);
+        gm_gguf_close(g);
+    }
+    gm_error_clear(&err);
+    const char *shown = name ? name : o->mmproj;
+    long long fsize = tool_file_size(o->mmproj);
+
+    pool = gm_pool_create((int)o->threads);
+    for (int i = 0; i < ST_COUNT; i++)
+        st[i].samples = calloc((size_t)o->reps, sizeof(double));
+    if (!pool || !st[0].samples || !st[1].samples || !st[2].samples || !st[3].samples) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        exit_code = TOOL_EXIT_RUNTIME;
+        goto out;
+    }
+    const int nth = gm_pool_size(pool);
+    if (!o->json) {
+        fprintf(stderr, "%s: %s: %s, vision width %u, projection %u\n", prog, o->mmproj, shown,
+                gm_vision_model_hidden(vm), gm_vision_model_projection_dim(vm));
+        fprintf(stderr, "%s: load %.1f ms, RSS after load %.1f MiB, file %.1f MiB\n", prog, load_s * 1e3,
+                rss_load / 1024.0, (double)fsize / (1u << 20));
+        fprintf(stderr, "%s: threads %d, isa %s, cpu: %s, load average %.2f\n", prog, nth,
+                gm_isa_name(gm_cpu_best_isa()), gm_cpu_describe(), loadavg);
+    }
+    /* Warm-up: maps the weights in and sizes the kernels' scratch buffers. */
+    for (long r = -1; r < o->reps; r++) {
+        gm_image_embedding_free(&e);
+        if (gm_image_embed(vm, pool, data, len, NULL, (int)o->image_tokens, &e, &err) != GM_OK) {
+            fprintf(stderr, "%s: %s: %s\n", prog, o->image, err.msg);
+            exit_code = TOOL_EXIT_RUNTIME;
+            goto out;
+        }
+        if (r < 0)
+            continue;
+        double v[ST_COUNT] = { e.decode_s * 1e3, e.preprocess_s * 1e3, e.encode_s * 1e3,
+                               (e.decode_s + e.preprocess_s + e.encode_s) * 1e3 };
+        for (int i = 0; i < ST_COUNT; i++)
+            st[i].samples[st[i].n++] = v[i];
+        if (!o->json)
+            fprintf(stderr, "%s: image rep %ld: decode %.1f ms, preprocess %.1f ms, encode %.1f ms\n", prog,
+                    r + 1, v[0], v[1], v[2]);
+    }
+    for (int i = 0; i < ST_COUNT; i++)
+        stats_compute(&st[i]);
+
+    /* The last run's soft tokens: finite, and their size (synthetic towers give rms ~1). */
+    const size_t n_out = (size_t)e.n_soft_tokens * e.n_embd;
+    size_t n_bad = 0;
+    double sq = 0;
+    for (size_t i = 0; i < n_out; i++) {
+        if (!isfinite(e.embd[i]))
+            n_bad++;
+        else
+            sq += (double)e.embd[i] * e.embd[i];
+    }
+    const double rms = n_out > n_bad ? sqrt(sq / (double)(n_out - n_bad)) : 0.0;
+    if (n_bad) {
+        fprintf(stderr, "%s: %zu of %zu soft-token values are not finite\n", prog, n_bad, n_out);
+        exit_code = TOOL_EXIT_RUNTIME;
+    }
+
+    if (o->json) {
+        FILE *jf = stdout;
+        fprintf(jf, "{\n  \"mmproj\": ");
+        json_str(jf, o->mmproj);
+        fprintf(jf, ",\n  \"mmproj_name\": ");
+        json_str(jf, shown);
+        fprintf(jf, ",\n  \"mmproj_size\": %lld,\n  \"n_params\": %.0f,\n  \"types\": {", fsize, tb.params);
+        bool first = true;
+        for (int t = 0; t < GM_TYPE_COUNT; t++) {
+            if (tb.bytes[t] <= 0)
+                continue;
+            fprintf(jf, "%s\"%s\": %.0f", first ? "" : ", ", gm_type_name((uint32_t)t), tb.bytes[t]);
+            first = false;
+        }
+        fprintf(jf, "},\n  \"image\": ");
+        json_str(jf, o->image);
+        fprintf(jf, ",\n  \"width\": %u,\n  \"height\": %u,\n  \"grid_w\": %u,\n  \"grid_h\": %u,\n"
+                    "  \"image_tokens\": %ld,\n  \"n_soft_tokens\": %u,\n  \"n_embd\": %u,\n"
+                    "  \"soft_token_rms\": %.6f,\n  \"threads\": %d,\n  \"isa\": \"%s\",\n  \"cpu_features\": ",
+                e.width, e.height, e.grid_w, e.grid_h, o->image_tokens, e.n_soft_tokens, e.n_embd, rms, nth,
+                gm_isa_name(gm_cpu_best_isa()));
+        json_str(jf, gm_cpu_describe());
+        fprintf(jf, ",\n  \"loadavg_1m\": %.2f,\n  \"load_ms\": %.3f,\n  \"rss_after_load_kib\": %ld", loadavg,
+                load_s * 1e3, rss_load);
+        for (int i = 0; i < ST_COUNT; i++) {
+            fprintf(jf, ",\n  \"%s_ms\": {\"reps\": %d, \"mean\": %.4f, \"stddev\": %.4f, \"samples\": [",
+                    stage_names[i], st[i].n, st[i].mean, st[i].sd);
+            for (int k = 0; k < st[i].n; k++)
+                fprintf(jf, "%s%.4f", k ? ", " : "", st[i].samples[k]);
+            fprintf(jf, "]}");
+        }
+        fprintf(jf, "\n}\n");
+    } else {
+        printf("| mmproj | size | threads | image | soft tokens | stage | ms |\n|---|---|---|---|---|---|---|\n");
+        for (int i = 0; i < ST_COUNT; i++)
+            printf("| %s | %.1f MiB | %d | %ux%u → %ux%u patches | %u | %s | %.2f ± %.2f |\n", shown,
+                   (double)fsize / (1u << 20), nth, e.width, e.height, e.grid_w, e.grid_h, e.n_soft_tokens,
+                   stage_names[i], st[i].mean, st[i].sd);
+        printf("\nload %.1f ms, RSS after load %.1f MiB\n", load_s * 1e3, rss_load / 1024.0);
+        printf("soft tokens: %u × %u, rms %.4f%s\n", e.n_soft_tokens, e.n_embd, rms,
+               n_bad ? " (NOT ALL FINITE)" : "");
+        printf("encode: %.1f soft tokens/s, %.1f patches/s\n",
+               st[ST_ENCODE].mean > 0 ? e.n_soft_tokens / (st[ST_ENCODE].mean * 1e-3) : 0.0,
+               st[ST_ENCODE].mean > 0 ? (double)e.grid_w * e.grid_h / (st[ST_ENCODE].mean * 1e-3) : 0.0);
+    }
+
+out:
+    for (int i = 0; i < ST_COUNT; i++)
+        free(st[i].samples);
+    gm_image_embedding_free(&e);
+    gm_pool_destroy(pool);
+    gm_vision_model_free(vm);
+    free(name);
+    free(data);
+    return exit_code;
+}
+
 int main(int argc, char **argv)
 {
-    options o = { .p = 512, .n = 128, .reps = 5, .seed = 1 };
+    options o = { .p = 512, .n = 128, .reps = 5, .seed = 1, .image_tokens = 280 };
     tool_args a;
     tool_args_init(&a, argc, argv, prog);
     for (; a.i < argc && !a.error; a.i++) {
@@ -242,7 +415,9 @@ int main(int argc, char **argv)
             tool_opt_long(&a, "--threads", "-t", 0, 1024, &o.threads) ||
             tool_opt_long(&a, "--ctx", "-c", 0, 1L << 24, &o.ctx) ||
             tool_opt_long(&a, "--batch", "-b", 0, 1L << 20, &o.batch) ||
-            tool_opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &o.seed))
+            tool_opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &o.seed) ||
+            tool_opt_str(&a, "--mmproj", NULL, &o.mmproj) || tool_opt_str(&a, "--image", NULL, &o.image) ||
+            tool_opt_long(&a, "--image-tokens", NULL, 1, 1L << 20, &o.image_tokens))
             continue;
         if (tool_flag(&a, "--json", NULL)) {
             o.json = true;
@@ -253,6 +428,22 @@ int main(int argc, char **argv)
     }
     if (a.error)
         return TOOL_EXIT_USAGE;
+    if (o.mmproj || o.image) {
+        if (!o.mmproj || !o.image) {
+            fprintf(stderr, "%s: the image mode needs both --mmproj FILE and --image FILE\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        if (o.model) {
+            fprintf(stderr, "%s: the image mode takes no text model (-m)\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        if (!gm_image_budget_valid((int)o.image_tokens)) {
+            fprintf(stderr, "%s: --image-tokens %ld is not one of 70, 140, 280, 560, 1120\n", prog,
+                    o.image_tokens);
+            return TOOL_EXIT_USAGE;
+        }
+        return image_bench(&o);
+    }
     if (!o.model) {
         fprintf(stderr, "%s: no model (-m MODEL.gguf); see --help\n", prog);
         return TOOL_EXIT_USAGE;

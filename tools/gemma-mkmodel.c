@@ -1,5 +1,5 @@
-/* gemma-mkmodel — writes synthetic Gemma 4 text GGUFs (presets with overrides), or
- * requantizes an existing gemma4 GGUF. See docs/tools.md. */
+/* gemma-mkmodel — writes synthetic Gemma 4 text GGUFs (presets with overrides) or vision
+ * mmproj GGUFs, or requantizes an existing gemma4 GGUF. See docs/tools.md. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -13,11 +13,12 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: gemma-mkmodel --preset NAME [options] -o OUT.gguf\n"
+        "       gemma-mkmodel --mmproj-preset NAME [--type T] [--seed N] [--projection-dim N] -o OUT.gguf\n"
         "       gemma-mkmodel --from IN.gguf --type T [--drop-shared-kv] [--threads N] -o OUT.gguf\n"
         "\n"
         "Writes a Gemma 4 text GGUF with seeded synthetic weights, in llama.cpp's tensor\n"
-        "names, shapes and metadata keys; or converts the matrices of an existing gemma4\n"
-        "GGUF to another type (like llama-quantize).\n"
+        "names, shapes and metadata keys, or a gemma4v vision mmproj GGUF the same way; or\n"
+        "converts the matrices of an existing gemma4 GGUF to another type (like llama-quantize).\n"
         "\n"
         "  --preset NAME        tiny | test | e2b | e4b\n"
         "  --vocab FILE         copy the tokenizer (tokenizer.* keys) from this GGUF;\n"
@@ -36,6 +37,15 @@ static void usage(FILE *f)
         "  --shared-kv N --keep-shared-kv --ple N --window N --swa-period N\n"
         "  --rope-theta F (full) --rope-theta-swa F --partial-rotary F --softcap F (0 = none)\n"
         "  --k-eq-v --no-layer-scale --bidir none|vision|omit\n"
+        "\n"
+        "vision mmproj (clipped linears, as E2B/E4B):\n"
+        "  --mmproj-preset NAME tiny (hidden 64, 2 layers, projection 64 = the tiny text model)\n"
+        "                       | e2b (hidden 768, 16 layers, 12 heads, FFN 3072, projection 1536)\n"
+        "                       | e4b (the same tower, projection 2560)\n"
+        "  --type T             linears and projection: f32 f16 (default) bf16 q8_0 (norms,\n"
+        "                       tables, clamps stay f32; the patch kernel is f32/bf16/f16)\n"
+        "  --projection-dim N   text width the soft tokens are projected to\n"
+        "  --seed N, --threads N, --name STR as above\n"
         "\n"
         "requantize:\n"
         "  --from FILE          input gemma4 GGUF (all metadata is copied)\n"
@@ -61,7 +71,8 @@ static int parse_type(const char *opt, const char *s, gm_type *out)
 int main(int argc, char **argv)
 {
     const char *preset = NULL, *vocab = NULL, *type_s = NULL, *embd_type_s = NULL, *out = NULL, *from = NULL;
-    const char *name = NULL, *bidir_s = NULL;
+    const char *name = NULL, *bidir_s = NULL, *mmproj = NULL;
+    long v_proj = -1;
     long seed = -1, threads = 0;
     long v_vocab = -1, v_embd = -1, v_layers = -1, v_heads = -1, v_kv = -1, v_kv_full = -1, v_hd = -1,
          v_hd_full = -1, v_ff = -1, v_shared = -1, v_ple = -1, v_window = -1, v_period = -1;
@@ -81,6 +92,8 @@ int main(int argc, char **argv)
             tool_opt_str(&a, "--type", NULL, &type_s) || tool_opt_str(&a, "--embd-type", NULL, &embd_type_s) ||
             tool_opt_str(&a, "-o", "--output", &out) || tool_opt_str(&a, "--from", NULL, &from) ||
             tool_opt_str(&a, "--name", NULL, &name) || tool_opt_str(&a, "--bidir", NULL, &bidir_s) ||
+            tool_opt_str(&a, "--mmproj-preset", NULL, &mmproj) ||
+            tool_opt_long(&a, "--projection-dim", NULL, 1, 65536, &v_proj) ||
             tool_opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &seed) ||
             tool_opt_long(&a, "--threads", "-t", 0, 1024, &threads) ||
             tool_opt_long(&a, "--vocab-size", NULL, 1, 1L << 24, &v_vocab) ||
@@ -118,8 +131,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: no output file (-o OUT.gguf)\n", prog);
         return TOOL_EXIT_USAGE;
     }
-    if (!!preset == !!from) {
-        fprintf(stderr, "%s: give exactly one of --preset NAME or --from FILE\n", prog);
+    if (!!preset + !!from + !!mmproj != 1) {
+        fprintf(stderr, "%s: give exactly one of --preset NAME, --mmproj-preset NAME or --from FILE\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (v_proj > 0 && !mmproj) {
+        fprintf(stderr, "%s: --projection-dim is for --mmproj-preset\n", prog);
         return TOOL_EXIT_USAGE;
     }
     gm_type type = GM_TYPE_Q8_0, embd_type = GM_TYPE_Q8_0;
@@ -130,7 +147,28 @@ int main(int argc, char **argv)
 
     gm_error err = { 0 };
     double t0 = tool_now();
-    if (from) {
+    if (mmproj) {
+        gm_synth_mmproj_config mc;
+        if (gm_synth_mmproj_preset(mmproj, &mc) != 0) {
+            fprintf(stderr, "%s: unknown mmproj preset \"%s\" (tiny, e2b, e4b)\n", prog, mmproj);
+            return TOOL_EXIT_USAGE;
+        }
+        if (type_s) {
+            if (type != GM_TYPE_F32 && type != GM_TYPE_F16 && type != GM_TYPE_BF16 && type != GM_TYPE_Q8_0) {
+                fprintf(stderr, "%s: --type %s: an mmproj takes f32, f16, bf16 or q8_0\n", prog, type_s);
+                return TOOL_EXIT_USAGE;
+            }
+            mc.wtype = type;
+        }
+        if (name) snprintf(mc.name, sizeof mc.name, "%s", name);
+        if (seed >= 0) mc.seed = (uint64_t)seed;
+        if (v_proj > 0) mc.proj_dim = (uint32_t)v_proj;
+        mc.n_threads = (int)threads;
+        if (gm_synth_mmproj_write(&mc, out, &err) != GM_OK) {
+            fprintf(stderr, "%s: %s\n", prog, err.msg);
+            return TOOL_EXIT_RUNTIME;
+        }
+    } else if (from) {
         if (!type_s) {
             fprintf(stderr, "%s: --from needs --type\n", prog);
             return TOOL_EXIT_USAGE;

@@ -241,7 +241,7 @@ typedef struct stensor {
     char name[96];
     gm_type type;
     uint32_t n_dims;
-    int64_t ne[2];
+    int64_t ne[4];     /* unused dims 0 */
     enum init_kind kind;
     float a, b;
     uint64_t key;
@@ -1318,5 +1318,212 @@ done:
     free(keep);
     free(otype);
     gm_gguf_close(g);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Vision mmproj (gemma4v)                                                               */
+
+static const struct mmproj_preset {
+    const char *id;
+    gm_synth_mmproj_config c;
+} mmproj_presets[] = {
+    { "tiny", { .name = "Gemma 4 tiny vision (synthetic)", .n_embd = 64, .n_layer = 2, .n_head = 2,
+                .n_ff = 128, .pos_size = 10240, .proj_dim = 64 } },
+    { "e2b", { .name = "Gemma 4 E2B vision (synthetic)", .n_embd = 768, .n_layer = 16, .n_head = 12,
+               .n_ff = 3072, .pos_size = 10240, .proj_dim = 1536 } },
+    { "e4b", { .name = "Gemma 4 E4B vision (synthetic)", .n_embd = 768, .n_layer = 16, .n_head = 12,
+               .n_ff = 3072, .pos_size = 10240, .proj_dim = 2560 } },
+};
+
+int gm_synth_mmproj_preset(const char *name, gm_synth_mmproj_config *out)
+{
+    if (!name || !out)
+        return -1;
+    for (size_t i = 0; i < sizeof mmproj_presets / sizeof mmproj_presets[0]; i++) {
+        if (strcmp(name, mmproj_presets[i].id) != 0)
+            continue;
+        gm_synth_mmproj_config c = mmproj_presets[i].c;
+        c.clipped = true;
+        c.wtype = GM_TYPE_F16;
+        c.seed = 1;
+        *out = c;
+        return 0;
+    }
+    return -1;
+}
+
+static gm_type mmproj_patch_type(gm_type wtype)
+{
+    return wtype == GM_TYPE_F32 ? GM_TYPE_F32 : wtype == GM_TYPE_BF16 ? GM_TYPE_BF16 : GM_TYPE_F16;
+}
+
+static int mmproj_validate(const gm_synth_mmproj_config *c, gm_error *err)
+{
+#define BAD(...) return gm_set_error(err, GM_ERR_INVALID, __VA_ARGS__)
+    if (c->n_embd == 0 || c->n_layer == 0 || c->n_head == 0 || c->n_ff == 0 || c->pos_size == 0 ||
+        c->proj_dim == 0)
+        BAD("synthetic mmproj: all sizes must be positive");
+    if (c->n_embd > 65536 || c->n_ff > (1u << 20) || c->n_layer > 4096 || c->pos_size > 65536 ||
+        c->proj_dim > 65536)
+        BAD("synthetic mmproj: dimensions too large");
+    if (c->n_embd % c->n_head || (c->n_embd / c->n_head) % 4)
+        BAD("synthetic mmproj: width %u over %u heads must give a head dim divisible by 4", c->n_embd,
+            c->n_head);
+    if (!type_is_writable(c->wtype))
+        BAD("synthetic mmproj: weight type %s cannot be written", gm_type_name(c->wtype));
+    /* The encoder reads every linear in the given type: no silent fallback here. */
+    if (gm_row_size(c->wtype, c->n_embd) == 0 || gm_row_size(c->wtype, c->n_ff) == 0)
+        BAD("synthetic mmproj: type %s needs rows (%u, %u) in whole blocks", gm_type_name(c->wtype), c->n_embd,
+            c->n_ff);
+    return GM_OK;
+#undef BAD
+}
+
+static void mmproj_metadata(gm_gguf_writer *w, const gm_synth_mmproj_config *c)
+{
+    static const float mean[3] = { 0.0f, 0.0f, 0.0f }, stdv[3] = { 1.0f, 1.0f, 1.0f };
+    gm_gguf_add_str(w, "general.architecture", "clip");
+    gm_gguf_add_str(w, "general.type", "mmproj");
+    gm_gguf_add_str(w, "general.name", c->name[0] ? c->name : "Gemma 4 vision (synthetic)");
+    gm_gguf_add_u32(w, "general.file_type", llama_ftype(c->wtype));
+    gm_gguf_add_u32(w, "general.quantization_version", 2);
+    gm_gguf_add_bool(w, "clip.has_vision_encoder", true);
+    gm_gguf_add_bool(w, "clip.has_audio_encoder", false);
+    gm_gguf_add_str(w, "clip.vision.projector_type", "gemma4v");
+    gm_gguf_add_u32(w, "clip.vision.projection_dim", c->proj_dim);
+    gm_gguf_add_u32(w, "clip.vision.image_size", 224); /* the converter's dummy */
+    gm_gguf_add_u32(w, "clip.vision.patch_size", 16);
+    gm_gguf_add_u32(w, "clip.vision.embedding_length", c->n_embd);
+    gm_gguf_add_u32(w, "clip.vision.feed_forward_length", c->n_ff);
+    gm_gguf_add_u32(w, "clip.vision.block_count", c->n_layer);
+    gm_gguf_add_u32(w, "clip.vision.attention.head_count", c->n_head);
+    gm_gguf_add_f32(w, "clip.vision.attention.layer_norm_epsilon", RMS_EPS);
+    gm_gguf_add_arr_f32(w, "clip.vision.image_mean", mean, 3);
+    gm_gguf_add_arr_f32(w, "clip.vision.image_std", stdv, 3);
+}
+
+/* Tensors in the converter's order, names and shapes (ggml order). */
+static int mmproj_tensors(const gm_synth_mmproj_config *c, tlist *l, gm_error *err)
+{
+    const int64_t H = c->n_embd, F = c->n_ff, hd = c->n_embd / c->n_head;
+    stensor *t;
+    char name[96];
+
+#define PUSH(nm, nd, e0, e1, e2, e3, ty, kd, pa, pb) do { \
+        if (!(t = tlist_push(l, (nm), err))) return err ? err->code : GM_ERR_NOMEM; \
+        t->n_dims = (nd); t->ne[0] = (e0); t->ne[1] = (e1); t->ne[2] = (e2); t->ne[3] = (e3); \
+        t->type = (ty); t->kind = (kd); t->a = (pa); t->b = (pb); \
+    } while (0)
+#define NORM(nm, n) PUSH(nm, 1, n, 1, 1, 1, GM_TYPE_F32, INIT_NORM, 1.0f, 0.1f)
+
+    /* Patch kernel: unit-variance outputs for unit-variance pixels (2p - 1). */
+    PUSH("v.patch_embd.weight", 4, 16, 16, 3, H, mmproj_patch_type(c->wtype), INIT_NORMAL,
+         1.0f / sqrtf(768.0f), 0.0f);
+    /* x table then y table, well below the patch term. */
+    PUSH("v.position_embd.weight", 3, H, c->pos_size, 2, 1, GM_TYPE_F32, INIT_NORMAL, 0.3f, 0.0f);
+
+    /* Each linear with the rms of what it reads and writes (unit after the pre-norms;
+     * smaller after attention averaging and the gated GELU), for the clamp bounds. */
+    static const struct { const char *nm; int rows_ff, cols_ff; float s_in, s_out; } lin[7] = {
+        { "attn_q", 0, 0, 1.0f, 1.0f },    { "attn_k", 0, 0, 1.0f, 1.0f },
+        { "attn_v", 0, 0, 1.0f, 1.0f },    { "attn_out", 0, 0, 0.6f, 0.6f },
+        { "ffn_gate", 1, 0, 1.0f, 1.0f },  { "ffn_up", 1, 0, 1.0f, 1.0f },
+        { "ffn_down", 0, 1, 0.65f, 0.65f },
+    };
+    /* q/k norms near hd^-1/4 · 1.4: with attention scale 1 the scores then spread by ~2
+     * (attention neither uniform nor one-hot). */
+    const float qk = 1.4f * powf((float)hd, -0.25f);
+    for (uint32_t il = 0; il < c->n_layer; il++) {
+#define LNAME(sfx) (snprintf(name, sizeof name, "v.blk.%u.%s", il, (sfx)), name)
+        NORM(LNAME("ln1.weight"), H);
+        PUSH(LNAME("attn_q_norm.weight"), 1, hd, 1, 1, 1, GM_TYPE_F32, INIT_NORM, qk, 0.1f);
+        PUSH(LNAME("attn_k_norm.weight"), 1, hd, 1, 1, 1, GM_TYPE_F32, INIT_NORM, qk, 0.1f);
+        NORM(LNAME("attn_post_norm.weight"), H);
+        NORM(LNAME("ln2.weight"), H);
+        NORM(LNAME("ffn_post_norm.weight"), H);
+        for (int i = 0; i < 7; i++) {
+            const int64_t cols = lin[i].cols_ff ? F : H, rows = lin[i].rows_ff ? F : H;
+            char wn[64];
+            snprintf(wn, sizeof wn, "%s.weight", lin[i].nm);
+            PUSH(LNAME(wn), 2, cols, rows, 1, 1, c->wtype, INIT_NORMAL, 1.0f / sqrtf((float)cols), 0.0f);
+            if (!c->clipped)
+                continue;
+            /* Bounds 2.5-4 std out, distinct per linear and side. */
+            const float si = lin[i].s_in, so = lin[i].s_out;
+            snprintf(wn, sizeof wn, "%s.input_min", lin[i].nm);
+            PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, -4.0f * si, -2.5f * si);
+            snprintf(wn, sizeof wn, "%s.input_max", lin[i].nm);
+            PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, 2.5f * si, 4.0f * si);
+            snprintf(wn, sizeof wn, "%s.output_min", lin[i].nm);
+            PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, -4.0f * so, -2.5f * so);
+            snprintf(wn, sizeof wn, "%s.output_max", lin[i].nm);
+            PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, 2.5f * so, 4.0f * so);
+        }
+#undef LNAME
+    }
+    if (c->standardize) {
+        PUSH("v.std_bias", 1, H, 1, 1, 1, GM_TYPE_F32, INIT_NORMAL, 0.5f, 0.0f);
+        PUSH("v.std_scale", 1, H, 1, 1, 1, GM_TYPE_F32, INIT_NORM, 1.0f, 0.2f);
+    }
+    /* After the weightless RMSNorm: soft tokens of rms ~1. */
+    PUSH("mm.input_projection.weight", 2, H, c->proj_dim, 1, 1, c->wtype, INIT_NORMAL, 1.0f / sqrtf((float)H),
+         0.0f);
+#undef PUSH
+#undef NORM
+    for (size_t i = 0; i < l->n; i++)
+        l->v[i].key = mix64(c->seed ^ mix64(hash_bytes(l->v[i].name, strlen(l->v[i].name))));
+    return GM_OK;
+}
+
+int gm_synth_mmproj_write(const gm_synth_mmproj_config *cfg, const char *path, gm_error *err)
+{
+    if (!cfg || !path)
+        return gm_set_error(err, GM_ERR_INVALID, "gm_synth_mmproj_write: NULL argument");
+    int rc = mmproj_validate(cfg, err);
+    if (rc != GM_OK)
+        return rc;
+    output o = { .w = gm_gguf_writer_new(), .path = path };
+    tlist tl = { 0 };
+    if (!o.w) {
+        rc = gm_set_error(err, GM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    mmproj_metadata(o.w, cfg);
+    rc = mmproj_tensors(cfg, &tl, err);
+    if (rc != GM_OK)
+        goto done;
+    int64_t max_row = 1;
+    for (size_t i = 0; i < tl.n; i++) {
+        const stensor *t = &tl.v[i];
+        if (t->ne[0] > max_row)
+            max_row = t->ne[0];
+        rc = gm_gguf_add_tensor(o.w, t->name, t->type, t->n_dims, t->ne, NULL, err);
+        if (rc != GM_OK)
+            goto done;
+    }
+    rc = output_begin(&o, cfg->n_threads, max_row, err);
+    if (rc != GM_OK)
+        goto done;
+    for (size_t i = 0; i < tl.n && rc == GM_OK; i++) {
+        const stensor *t = &tl.v[i];
+        int64_t rows = 1;
+        for (uint32_t d = 1; d < t->n_dims; d++)
+            rows *= t->ne[d];
+        row_job job = {
+            .t = t,
+            .out_type = t->type,
+            .ne0 = t->ne[0],
+            .n_rows = rows,
+            .out_row_bytes = gm_row_size(t->type, t->ne[0]),
+        };
+        rc = emit_rows(&o, &job, t->name, err);
+    }
+    if (rc == GM_OK)
+        rc = output_finish(&o, err);
+
+done:
+    output_close(&o, rc);
+    free(tl.v);
     return rc;
 }

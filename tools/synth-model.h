@@ -58,6 +58,37 @@ int gm_synth_write(const gm_synth_config *cfg, const char *path, gm_error *err);
 int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type, bool drop_shared_kv,
                         int n_threads, gm_error *err);
 
+/* Synthetic gemma4v vision mmproj GGUFs (gguf-format.md §2, the converter's clip names
+ * and keys): patch kernel, x/y position tables, n_layer encoder blocks with clipped
+ * linears (E2B/E4B style: finite input/output clamp scalars around ±3 std of what each
+ * linear sees) and the projection to the text width. Weights are seeded like the text
+ * models' and scaled so that activations and soft tokens stay around unit size. */
+typedef struct gm_synth_mmproj_config {
+    char name[64];              /* general.name */
+    uint32_t n_embd;            /* vision width (E2B/E4B 768) */
+    uint32_t n_layer;           /* 16 */
+    uint32_t n_head;            /* 12 (head dim a multiple of 4: 2-D RoPE) */
+    uint32_t n_ff;              /* 3072 */
+    uint32_t pos_size;          /* position table entries per axis (10240) */
+    uint32_t proj_dim;          /* text width: E2B 1536, E4B 2560 */
+    bool clipped;               /* write the clamp scalars of every linear */
+    bool standardize;           /* write v.std_bias / v.std_scale (26B/31B style) */
+    gm_type wtype;              /* linears and projection: f32 f16 bf16 q8_0 (and other
+                                 * block types whose block divides the row) */
+    uint64_t seed;
+    int n_threads;              /* generation threads (<= 0: all CPUs) */
+} gm_synth_mmproj_config;
+
+/* Presets "tiny" (hidden 64, 2 layers, 2 heads, FFN 128, projection 64 = the
+ * tiny text model's width), "e2b" (768/16/12/3072, projection 1536) and
+ * "e4b" (same tower, projection 2560); all with the real 10240-entry position tables (any
+ * image the processor makes fits), clipped, F16, seed 1. Returns -1 if unknown. */
+int gm_synth_mmproj_preset(const char *name, gm_synth_mmproj_config *out);
+
+/* Writes the mmproj to path. The patch kernel {16,16,3,H} cannot hold a block type: it is
+ * F32 for f32 weights, BF16 for bf16 and F16 otherwise; norms, tables and clamps are F32. */
+int gm_synth_mmproj_write(const gm_synth_mmproj_config *cfg, const char *path, gm_error *err);
+
 #ifdef __cplusplus
 }
 #endif

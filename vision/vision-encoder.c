@@ -6,6 +6,11 @@
  * half of each head by column, second by row), scale-1 bidirectional attention, gated
  * GELU-tanh MLP; 3×3 average pooling × sqrt(H); optional standardisation; weightless
  * RMSNorm; projection to the text width.
+ *
+ * Speed: every linear is one batched gm_matmul over all patches; attention runs head by
+ * head as two F32 matmuls (Q·Kᵀ, then softmax rows · V) over blocks of query rows, so
+ * the scores never exceed ~16 MiB; the per-row steps (norms, RoPE, clamps, GELU) are
+ * split over the pool, with each output clamp folded into the row pass after its matmul.
  */
 #include "vision-encoder.h"
 
@@ -328,52 +333,248 @@ uint32_t gm_vision_model_hidden(const gm_vision_model *m) { return m->n_embd; }
 
 /* ---- forward ---------------------------------------------------------------------- */
 
+/* Row-parallel loops: fn(arg, r0, r1) over [0, n) split across the pool. */
+typedef void (*vt_rows_fn)(void *arg, int64_t r0, int64_t r1);
+
+typedef struct vt_par {
+    vt_rows_fn fn;
+    void *arg;
+    int64_t n;
+} vt_par;
+
+static void vt_par_worker(void *ctx, int ith, int nth)
+{
+    const vt_par *p = ctx;
+    long b, e;
+    gm_pool_range((long)p->n, ith, nth, &b, &e);
+    if (b < e)
+        p->fn(p->arg, b, e);
+}
+
+static void vt_parallel(gm_pool *pool, int64_t n, vt_rows_fn fn, void *arg)
+{
+    vt_par p = { .fn = fn, .arg = arg, .n = n };
+    if (pool && n > 1 && gm_pool_size(pool) > 1)
+        gm_pool_run(pool, vt_par_worker, &p);
+    else
+        fn(arg, 0, n);
+}
+
+/* The state of one forward pass, shared by the row-parallel steps. */
+typedef struct vt_fwd {
+    const gm_vision_model *m;
+    const vt_layer *L;
+    const gm_image_patches *p;
+    int64_t n;
+    float *h, *a, *q, *k, *v, *o, *gate, *up;
+    /* a clamp copy: dst = clamp(src) over rows of cols */
+    const float *c_src;
+    float *c_dst;
+    int64_t c_cols;
+    float c_lo, c_hi;
+    /* attention of one head: packed K (n × hd), V transposed (hd × n), scores of a
+     * block of query rows */
+    int64_t head;
+    float *kh, *vt, *s;
+} vt_fwd;
+
 static void vt_clampv(float *x, int64_t n, float lo, float hi)
 {
     for (int64_t i = 0; i < n; i++)
         x[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
 }
 
-/* y = clamp_out(W · clamp_in(x)); tmp holds n × cols floats when the input is clamped. */
-static void vt_linear_apply(gm_pool *pool, const vt_linear *l, const float *x, int64_t n,
-                            float *tmp, float *y)
+static void vt_rows_clamp_copy(void *arg, int64_t r0, int64_t r1)
 {
-    const int64_t cols = l->w.cols, rows = l->w.rows;
-    if (l->clamp_in) {
-        memcpy(tmp, x, (size_t)(n * cols) * sizeof *tmp);
-        vt_clampv(tmp, n * cols, l->in_min, l->in_max);
+    vt_fwd *f = arg;
+    const int64_t c = f->c_cols;
+    for (int64_t i = r0; i < r1; i++) {
+        const float *x = f->c_src + i * c;
+        float *y = f->c_dst + i * c;
+        for (int64_t j = 0; j < c; j++)
+            y[j] = x[j] < f->c_lo ? f->c_lo : (x[j] > f->c_hi ? f->c_hi : x[j]);
+    }
+}
+
+static void vt_rows_clamp(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    vt_clampv(f->c_dst + r0 * f->c_cols, (r1 - r0) * f->c_cols, f->c_lo, f->c_hi);
+}
+
+/* Clamps the caller applies itself inside a row pass it makes anyway (saves a pass
+ * over n × n_ff floats), or an input that may be clamped in place (not read again). */
+#define VT_IN_DONE 1u
+#define VT_IN_PLACE 2u
+#define VT_OUT_LATER 4u
+
+/* y = clamp_out(W · clamp_in(x)); tmp holds n × cols floats when the input is clamped
+ * into a copy. One batched matmul over all patches (the prefill path of the kernels). */
+static void vt_linear_apply(gm_pool *pool, vt_fwd *f, const vt_linear *l, float *x,
+                            float *tmp, float *y, unsigned flags)
+{
+    const int64_t cols = l->w.cols, rows = l->w.rows, n = f->n;
+    if (l->clamp_in && (flags & VT_IN_PLACE)) {
+        f->c_dst = x;
+        f->c_cols = cols;
+        f->c_lo = l->in_min;
+        f->c_hi = l->in_max;
+        vt_parallel(pool, n, vt_rows_clamp, f);
+    } else if (l->clamp_in && !(flags & VT_IN_DONE)) {
+        f->c_src = x;
+        f->c_dst = tmp;
+        f->c_cols = cols;
+        f->c_lo = l->in_min;
+        f->c_hi = l->in_max;
+        vt_parallel(pool, n, vt_rows_clamp_copy, f);
         x = tmp;
     }
     gm_matmul(pool, &l->w, x, n, cols, y, rows);
-    if (l->clamp_out)
-        vt_clampv(y, n * rows, l->out_min, l->out_max);
+    if (l->clamp_out && !(flags & VT_OUT_LATER)) {
+        f->c_dst = y;
+        f->c_cols = rows;
+        f->c_lo = l->out_min;
+        f->c_hi = l->out_max;
+        vt_parallel(pool, n, vt_rows_clamp, f);
+    }
 }
 
-typedef struct vt_attn_ctx {
-    const gm_vision_model *m;
-    const float *q, *k, *v; /* n × H, head-major within a row */
-    float *o;
-    float *scores;          /* nth × n */
-    int64_t n;
-} vt_attn_ctx;
-
-static void vt_attn_worker(void *arg, int ith, int nth)
+static void vt_rows_ln1(void *arg, int64_t r0, int64_t r1)
 {
-    vt_attn_ctx *c = arg;
-    const int64_t n = c->n, H = c->m->n_embd, hd = c->m->head_dim;
-    long b, e;
-    gm_pool_range((long)(n * c->m->n_head), ith, nth, &b, &e);
-    float *s = c->scores + (int64_t)ith * n;
-    for (long job = b; job < e; job++) {
-        int64_t h = job / n, i = job % n;
-        const float *qi = c->q + i * H + h * hd;
-        for (int64_t j = 0; j < n; j++)
-            s[j] = gm_vec_dot_f32(qi, c->k + j * H + h * hd, hd); /* scale 1 */
-        gm_softmax(s, n);
-        float *oi = c->o + i * H + h * hd;
-        memset(oi, 0, (size_t)hd * sizeof *oi);
-        for (int64_t j = 0; j < n; j++)
-            gm_vec_axpy(oi, s[j], c->v + j * H + h * hd, hd);
+    vt_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++)
+        gm_rmsnorm(f->a + i * H, f->h + i * H, f->L->ln1, H, f->m->eps);
+}
+
+static inline void vt_clamp_out(const vt_linear *l, float *x, int64_t n)
+{
+    if (l->clamp_out)
+        vt_clampv(x, n, l->out_min, l->out_max);
+}
+
+/* The q/k/v output clamps, then per-head q/k RMSNorm (weighted), v RMSNorm (weightless),
+ * 2-D RoPE on q and k. */
+static void vt_rows_qkv(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    const gm_vision_model *m = f->m;
+    const int64_t H = m->n_embd, hd = m->head_dim, half = hd / 2;
+    for (int64_t i = r0; i < r1; i++) {
+        vt_clamp_out(&f->L->q, f->q + i * H, H);
+        vt_clamp_out(&f->L->k, f->k + i * H, H);
+        vt_clamp_out(&f->L->v, f->v + i * H, H);
+        for (uint32_t hh = 0; hh < m->n_head; hh++) {
+            float *qh = f->q + i * H + hh * hd, *kh = f->k + i * H + hh * hd;
+            float *vh = f->v + i * H + hh * hd;
+            gm_rmsnorm(qh, qh, f->L->q_norm, hd, m->eps);
+            gm_rmsnorm(kh, kh, f->L->k_norm, hd, m->eps);
+            gm_rmsnorm(vh, vh, NULL, hd, m->eps);
+            for (int ax = 0; ax < 2; ax++) {
+                gm_rope_neox(qh + ax * half, half, f->p->pos[2 * i + ax], m->inv_freq);
+                gm_rope_neox(kh + ax * half, half, f->p->pos[2 * i + ax], m->inv_freq);
+            }
+        }
+    }
+}
+
+/* Head f->head of K into kh (n × hd rows) and of V transposed into vt (hd × n). */
+static void vt_rows_pack(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    const int64_t H = f->m->n_embd, hd = f->m->head_dim, n = f->n, off = f->head * hd;
+    for (int64_t j = r0; j < r1; j++) {
+        memcpy(f->kh + j * hd, f->k + j * H + off, (size_t)hd * sizeof *f->kh);
+        const float *vj = f->v + j * H + off;
+        for (int64_t d = 0; d < hd; d++)
+            f->vt[d * n + j] = vj[d];
+    }
+}
+
+static void vt_rows_softmax(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    for (int64_t i = r0; i < r1; i++)
+        gm_softmax(f->s + i * f->n, f->n);
+}
+
+/* Query rows per block of scores: the n × n matrix of one head in pieces of at most
+ * ~4M floats (16 MiB), never all heads at once. */
+#define VT_SCORE_FLOATS ((int64_t)1 << 22)
+
+static int64_t vt_query_block(int64_t n)
+{
+    int64_t nb = (n * n + VT_SCORE_FLOATS - 1) / VT_SCORE_FLOATS;
+    if (nb < 1)
+        nb = 1;
+    return (n + nb - 1) / nb;
+}
+
+/* Scale-1 bidirectional attention, head by head: S = Q_h·K_hᵀ and O_h = softmax(S)·V_h
+ * as F32 matmuls over the pool (the kernels' blocked batched path), softmax rows split
+ * over the pool in between. */
+static void vt_attention(gm_pool *pool, vt_fwd *f)
+{
+    const gm_vision_model *m = f->m;
+    const int64_t n = f->n, H = m->n_embd, hd = m->head_dim, qb = vt_query_block(n);
+    gm_matrix km = { .type = GM_TYPE_F32, .rows = n, .cols = hd, .row_bytes = (size_t)hd * sizeof(float),
+                     .data = f->kh, .name = "vision attention K" };
+    gm_matrix vm = { .type = GM_TYPE_F32, .rows = hd, .cols = n, .row_bytes = (size_t)n * sizeof(float),
+                     .data = f->vt, .name = "vision attention V" };
+    for (uint32_t hh = 0; hh < m->n_head; hh++) {
+        f->head = hh;
+        vt_parallel(pool, n, vt_rows_pack, f);
+        for (int64_t i0 = 0; i0 < n; i0 += qb) {
+            const int64_t nq = n - i0 < qb ? n - i0 : qb;
+            gm_matmul(pool, &km, f->q + i0 * H + hh * hd, nq, H, f->s, n);
+            vt_parallel(pool, nq, vt_rows_softmax, f);
+            gm_matmul(pool, &vm, f->s, nq, n, f->o + i0 * H + hh * hd, H);
+        }
+    }
+}
+
+/* a = attn_post_norm(clamp_out(a)); h += a; a = ln2(h) */
+static void vt_rows_post_attn(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++) {
+        float *ai = f->a + i * H, *hi = f->h + i * H;
+        vt_clamp_out(&f->L->o, ai, H);
+        gm_rmsnorm(ai, ai, f->L->attn_post_norm, H, f->m->eps);
+        gm_vec_add(hi, ai, H);
+        gm_rmsnorm(ai, hi, f->L->ln2, H, f->m->eps);
+    }
+}
+
+/* gate = clamp_in_down(gelu(clamp_out(gate)) · clamp_out(up)), a row at a time so the
+ * row stays in cache across the steps. */
+static void vt_rows_gelu_mul(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    const vt_layer *L = f->L;
+    const int64_t F = f->m->n_ff;
+    for (int64_t i = r0; i < r1; i++) {
+        float *g = f->gate + i * F, *u = f->up + i * F;
+        vt_clamp_out(&L->gate, g, F);
+        vt_clamp_out(&L->up, u, F);
+        gm_gelu_tanh(g, F);
+        gm_vec_mul(g, u, F);
+        if (L->down.clamp_in)
+            vt_clampv(g, F, L->down.in_min, L->down.in_max);
+    }
+}
+
+/* a = ffn_post_norm(clamp_out(a)); h += a */
+static void vt_rows_post_ffn(void *arg, int64_t r0, int64_t r1)
+{
+    vt_fwd *f = arg;
+    const int64_t H = f->m->n_embd;
+    for (int64_t i = r0; i < r1; i++) {
+        float *ai = f->a + i * H;
+        vt_clamp_out(&f->L->down, ai, H);
+        gm_rmsnorm(ai, ai, f->L->ffn_post_norm, H, f->m->eps);
+        gm_vec_add(f->h + i * H, ai, H);
     }
 }
 
@@ -402,9 +603,9 @@ int gm_vision_encode_checkpoints(const gm_vision_model *m, gm_pool *pool,
                                 (long long)i, x, y, gw, gh, m->pos_size);
     }
     const int64_t W = F > K ? F : (H > K ? H : K); /* widest row */
-    int nth = pool ? gm_pool_size(pool) : 1;
-    size_t nbuf = (size_t)(n * H) * 6 + (size_t)(n * F) * 2 + (size_t)(n * W) + (size_t)nth * n +
-                  (size_t)ntok * H;
+    const int64_t qb = vt_query_block(n);
+    size_t nbuf = (size_t)(n * H) * 6 + (size_t)(n * F) * 2 + (size_t)(n * W) + (size_t)(qb * n) +
+                  (size_t)(2 * n * hd) + (size_t)ntok * H;
     float *buf = malloc(nbuf * sizeof *buf);
     int32_t *cnt = calloc(ntok, sizeof *cnt);
     if (!buf || !cnt) {
@@ -415,7 +616,9 @@ int gm_vision_encode_checkpoints(const gm_vision_model *m, gm_pool *pool,
     }
     float *h = buf, *a = h + n * H, *q = a + n * H, *k = q + n * H, *v = k + n * H, *o = v + n * H;
     float *gate = o + n * H, *up = gate + n * F, *tmp = up + n * F, *scores = tmp + n * W;
-    float *pooled = scores + (int64_t)nth * n;
+    float *kh = scores + qb * n, *vt = kh + n * hd, *pooled = vt + n * hd;
+    vt_fwd f = { .m = m, .p = p, .n = n, .h = h, .a = a, .q = q, .k = k, .v = v, .o = o,
+                 .gate = gate, .up = up, .kh = kh, .vt = vt, .s = scores };
 
     /* Patch embedding: the kernel is CHW, the processor's patches are (row, col, channel). */
     for (int64_t i = 0; i < n; i++) {
@@ -433,46 +636,23 @@ int gm_vision_encode_checkpoints(const gm_vision_model *m, gm_pool *pool,
     if (ck && ck->patch_embd)
         memcpy(ck->patch_embd, h, (size_t)(n * H) * sizeof *h);
 
-    const int64_t half = hd / 2;
     for (uint32_t il = 0; il < m->n_layer; il++) {
         const vt_layer *L = &m->layers[il];
-        for (int64_t i = 0; i < n; i++)
-            gm_rmsnorm(a + i * H, h + i * H, L->ln1, H, m->eps);
-        vt_linear_apply(pool, &L->q, a, n, tmp, q);
-        vt_linear_apply(pool, &L->k, a, n, tmp, k);
-        vt_linear_apply(pool, &L->v, a, n, tmp, v);
-        for (int64_t i = 0; i < n; i++) {
-            for (uint32_t hh = 0; hh < m->n_head; hh++) {
-                float *qh = q + i * H + hh * hd, *kh = k + i * H + hh * hd;
-                gm_rmsnorm(qh, qh, L->q_norm, hd, m->eps);
-                gm_rmsnorm(kh, kh, L->k_norm, hd, m->eps);
-                gm_rmsnorm(v + i * H + hh * hd, v + i * H + hh * hd, NULL, hd, m->eps);
-                for (int ax = 0; ax < 2; ax++) {
-                    gm_rope_neox(qh + ax * half, half, p->pos[2 * i + ax], m->inv_freq);
-                    gm_rope_neox(kh + ax * half, half, p->pos[2 * i + ax], m->inv_freq);
-                }
-            }
-        }
-        vt_attn_ctx ac = { .m = m, .q = q, .k = k, .v = v, .o = o, .scores = scores, .n = n };
-        if (pool)
-            gm_pool_run(pool, vt_attn_worker, &ac);
-        else
-            vt_attn_worker(&ac, 0, 1);
-        vt_linear_apply(pool, &L->o, o, n, tmp, a);
-        for (int64_t i = 0; i < n; i++) {
-            gm_rmsnorm(a + i * H, a + i * H, L->attn_post_norm, H, m->eps);
-            gm_vec_add(h + i * H, a + i * H, H);
-            gm_rmsnorm(a + i * H, h + i * H, L->ln2, H, m->eps);
-        }
-        vt_linear_apply(pool, &L->gate, a, n, tmp, gate);
-        vt_linear_apply(pool, &L->up, a, n, tmp, up);
-        gm_gelu_tanh(gate, n * F);
-        gm_vec_mul(gate, up, n * F);
-        vt_linear_apply(pool, &L->down, gate, n, tmp, a);
-        for (int64_t i = 0; i < n; i++) {
-            gm_rmsnorm(a + i * H, a + i * H, L->ffn_post_norm, H, m->eps);
-            gm_vec_add(h + i * H, a + i * H, H);
-        }
+        f.L = L;
+        vt_parallel(pool, n, vt_rows_ln1, &f);
+        /* Output clamps are applied in the row pass after each matmul. */
+        vt_linear_apply(pool, &f, &L->q, a, tmp, q, VT_OUT_LATER);
+        vt_linear_apply(pool, &f, &L->k, a, tmp, k, VT_OUT_LATER);
+        vt_linear_apply(pool, &f, &L->v, a, tmp, v, VT_OUT_LATER);
+        vt_parallel(pool, n, vt_rows_qkv, &f);
+        vt_attention(pool, &f);
+        vt_linear_apply(pool, &f, &L->o, o, tmp, a, VT_IN_PLACE | VT_OUT_LATER);
+        vt_parallel(pool, n, vt_rows_post_attn, &f);
+        vt_linear_apply(pool, &f, &L->gate, a, tmp, gate, VT_OUT_LATER);
+        vt_linear_apply(pool, &f, &L->up, a, tmp, up, VT_OUT_LATER);
+        vt_parallel(pool, n, vt_rows_gelu_mul, &f);
+        vt_linear_apply(pool, &f, &L->down, gate, tmp, a, VT_IN_DONE | VT_OUT_LATER);
+        vt_parallel(pool, n, vt_rows_post_ffn, &f);
         if (il == 0 && ck && ck->layer0)
             memcpy(ck->layer0, h, (size_t)(n * H) * sizeof *h);
     }
