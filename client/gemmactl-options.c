@@ -81,7 +81,7 @@ gemmactl_gen_options_add_entries (GemmactlGenOptions *o, GOptionContext *context
       generate ? "Add an image (PNG, JPEG) before the text; repeatable"
                : "Attach an image to the first message; repeatable", "FILE" },
     { "audio", 0, G_OPTION_FLAG_FILENAME, G_OPTION_ARG_CALLBACK, (gpointer) on_media_option,
-      generate ? "Add an audio clip (WAV, FLAC, Ogg) before the text; repeatable"
+      generate ? "Add a sound file (WAV, FLAC, Ogg, MP3, AIFF, AU) before the text; repeatable"
                : "Attach an audio clip to the first message; repeatable", "FILE" },
     { "system", 0, 0, G_OPTION_ARG_STRING, &o->system, "System instructions", "TEXT" },
     { "thinking", 0, 0, G_OPTION_ARG_NONE, &o->thinking, "Let the model think first", NULL },

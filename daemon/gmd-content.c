@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gmd-audio.h"
 #include "gmd-error.h"
 #include "gmd-image.h"
 
@@ -183,6 +184,15 @@ gmd_part_new_encoded_image (GmdImage *image)
   return p;
 }
 
+GmdPart *
+gmd_part_new_encoded_audio (GmdAudio *audio)
+{
+  GmdPart *p = g_new0 (GmdPart, 1);
+  p->type = GMD_PART_AUDIO;
+  p->audio = gmd_audio_ref (audio);
+  return p;
+}
+
 void
 gmd_part_free (GmdPart *p)
 {
@@ -191,6 +201,8 @@ gmd_part_free (GmdPart *p)
   g_free (p->text);
   if (p->image != NULL)
     gmd_image_unref (p->image);
+  if (p->audio != NULL)
+    gmd_audio_unref (p->audio);
   if (p->media != NULL)
     g_bytes_unref (p->media);
   g_free (p);

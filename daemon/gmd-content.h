@@ -44,6 +44,8 @@ typedef struct {
   GmdMediaFormat format;   /* sniffed when the part was made */
   struct _GmdImage *image; /* IMAGE kept in a session's history: its encoded soft tokens
                               (gmd-image.h; media is NULL then), else NULL */
+  struct _GmdAudio *audio; /* AUDIO kept in a session's history: its clips' encoded soft
+                              tokens (gmd-audio.h; media is NULL then), else NULL */
 } GmdPart;
 
 /* Fails (INVALID_ARGUMENT naming field) when text is not valid UTF-8. */
@@ -52,6 +54,8 @@ GmdPart *gmd_part_new_text (const char *text, gsize len, const char *field, GErr
 GmdPart *gmd_part_new_media (GmdPartType type, GBytes *bytes);
 /* An IMAGE part of a session's history: the encoded image (a reference is taken). */
 GmdPart *gmd_part_new_encoded_image (struct _GmdImage *image);
+/* An AUDIO part of a session's history: the encoded clips (a reference is taken). */
+GmdPart *gmd_part_new_encoded_audio (struct _GmdAudio *audio);
 void gmd_part_free (GmdPart *p);
 
 /* Reads a caller's fd: must be a regular file (memfds count) open for reading; read with

@@ -7,6 +7,7 @@
 #include "core/pool.h"
 #include "decoder/context.h"
 #include "decoder/generate.h"
+#include "gmd-audio.h"
 #include "gmd-image.h"
 #include "gmd-thought.h"
 
@@ -44,6 +45,8 @@ gmd_job_unref (GmdJob *job)
   gm_prompt_free (&job->prompt);
   if (job->images)
     g_ptr_array_unref (job->images);
+  if (job->audio)
+    g_ptr_array_unref (job->audio);
   g_strfreev (job->stop);
   g_free (job);
 }
@@ -494,7 +497,7 @@ stop_of_gm (gm_stop_reason s)
 }
 
 /* Renders the job's prompt with the engine's model when the service could not (the
- * model was loading) or rendered it with another model; prepares its images first when
+ * model was loading) or rendered it with another model; prepares its media first when
  * no prompt worker did. */
 static gboolean
 ensure_prompt (GmdEngine *e, GmdJob *job, guint32 n_ctx, GmdJobResult *res)
@@ -507,10 +510,12 @@ ensure_prompt (GmdEngine *e, GmdJob *job, guint32 n_ctx, GmdJobResult *res)
         gmd_model_unref (job->prompt_model);
       job->prompt_model = NULL;
       if (job->images == NULL &&
-          !gmd_prompt_prepare_images (e->model, job->spec, job->image_tokens,
-                                      job->max_image_pixels, &job->images, &error))
+          !gmd_prompt_prepare_media (e->model, job->spec, job->image_tokens,
+                                     job->max_image_pixels, job->max_audio_seconds,
+                                     &job->images, &job->audio, &error))
         goto failed;
-      if (!gmd_prompt_render (e->model, job->spec, job->images, NULL, &job->prompt, &error))
+      if (!gmd_prompt_render (e->model, job->spec, job->images, job->audio, NULL, &job->prompt,
+                              &error))
         goto failed;
       job->prompt_model = gmd_model_ref (e->model);
     }
@@ -534,22 +539,99 @@ gmd_engine_set_image_hook (GmdEngineImageHook hook, gpointer user_data)
   image_hook_data = user_data;
 }
 
-/* Encodes the job's images in order (cancellable between images), then points the
- * prompt's image spans that have no embeddings yet (the new turn's: the history's come
- * encoded) at them. FALSE: res says why (cancelled or error). */
-static gboolean
-encode_images (GmdEngine *e, GmdJob *job, GmdJobResult *res)
+/* One media block of the new turn: an image, or one 30 s clip of an audio part. */
+typedef struct {
+  gm_span_type type;
+  GmdImage *image;
+  GmdAudio *audio;
+  guint clip;
+} MediaBlock;
+
+static gint32
+block_soft_tokens (const MediaBlock *b)
 {
-  GPtrArray *images = job->images;
-  guint total = images ? images->len : 0;
-  if (total == 0)
-    return TRUE;
-  if (e->model->vision == NULL)
+  return (gint32) (b->image ? b->image->n_soft_tokens : b->audio->clips[b->clip].n_soft_tokens);
+}
+
+static const float *
+block_embd (const MediaBlock *b)
+{
+  return b->image ? b->image->embd : b->audio->clips[b->clip].embd;
+}
+
+/* The new turn's media blocks in prompt order (images and audio clips as the parts
+ * come), or FALSE when the prepared media do not match the parts. */
+static gboolean
+media_blocks (GmdJob *job, GArray *out)
+{
+  guint next_image = 0, next_audio = 0;
+  guint n_images = job->images ? job->images->len : 0;
+  guint n_audio = job->audio ? job->audio->len : 0;
+  GPtrArray *parts = job->spec->parts;
+  for (guint i = 0; parts != NULL && i < parts->len; i++)
     {
-      set_error (res, GMD_ERROR_UNSUPPORTED_MEDIA,
-                 "image input is not available: the model has no image encoder");
+      const GmdPart *part = parts->pdata[i];
+      if (part->type == GMD_PART_IMAGE)
+        {
+          if (next_image >= n_images)
+            return FALSE;
+          MediaBlock b = { GM_SPAN_IMAGE, job->images->pdata[next_image++], NULL, 0 };
+          g_array_append_val (out, b);
+        }
+      else if (part->type == GMD_PART_AUDIO)
+        {
+          if (next_audio >= n_audio)
+            return FALSE;
+          GmdAudio *audio = job->audio->pdata[next_audio++];
+          for (guint c = 0; c < audio->n_clips; c++)
+            {
+              MediaBlock b = { GM_SPAN_AUDIO, NULL, audio, c };
+              g_array_append_val (out, b);
+            }
+        }
+    }
+  return next_image == n_images && next_audio == n_audio;
+}
+
+static gboolean
+encode_block (GmdEngine *e, const MediaBlock *b, GError **error)
+{
+  if (b->image != NULL)
+    {
+      if (e->model->vision == NULL)
+        {
+          g_set_error (error, GMD_ERROR, GMD_ERROR_UNSUPPORTED_MEDIA,
+                       "image input is not available: the model has no image encoder");
+          return FALSE;
+        }
+      return b->image->embd != NULL ||
+             gmd_image_encode (b->image, e->model->vision, e->pool, error);
+    }
+  if (e->model->audio == NULL)
+    {
+      g_set_error (error, GMD_ERROR, GMD_ERROR_UNSUPPORTED_MEDIA,
+                   "audio input is not available: the model has no audio encoder");
       return FALSE;
     }
+  return b->audio->clips[b->clip].embd != NULL ||
+         gmd_audio_encode_clip (b->audio, b->clip, e->model->audio, e->pool, error);
+}
+
+/* Encodes the job's images and audio clips in prompt order (cancellable between any two),
+ * then points the prompt's media spans that have no embeddings yet (the new turn's: the
+ * history's come encoded) at them. FALSE: res says why (cancelled or error). */
+static gboolean
+encode_media (GmdEngine *e, GmdJob *job, GmdJobResult *res)
+{
+  g_autoptr (GArray) blocks = g_array_new (FALSE, FALSE, sizeof (MediaBlock));
+  if (!media_blocks (job, blocks))
+    {
+      set_error (res, GMD_ERROR_INTERNAL, "the request's media were not prepared");
+      return FALSE;
+    }
+  guint total = blocks->len;
+  if (total == 0)
+    return TRUE;
 
   gint64 t0 = g_get_monotonic_time ();
   post_encoding (e, job, 0, total);
@@ -560,9 +642,8 @@ encode_images (GmdEngine *e, GmdJob *job, GmdJobResult *res)
           res->stop_reason = GMD_STOP_CANCELLED;
           break;
         }
-      GmdImage *image = images->pdata[i];
       g_autoptr (GError) error = NULL;
-      if (image->embd == NULL && !gmd_image_encode (image, e->model->vision, e->pool, &error))
+      if (!encode_block (e, &g_array_index (blocks, MediaBlock, i), &error))
         {
           set_error (res, gmd_error_code_of (error), error->message);
           break;
@@ -576,24 +657,26 @@ encode_images (GmdEngine *e, GmdJob *job, GmdJobResult *res)
     return FALSE;
 
   guint next = 0;
+  guint32 n_embd = e->model->model->hp.n_embd;
   for (size_t i = 0; i < job->prompt.n_spans; i++)
     {
       gm_span *span = &job->prompt.spans[i];
-      if (span->type != GM_SPAN_IMAGE || span->embd != NULL)
+      if ((span->type != GM_SPAN_IMAGE && span->type != GM_SPAN_AUDIO) || span->embd != NULL)
         continue;
-      const GmdImage *image = next < total ? images->pdata[next] : NULL;
-      if (image == NULL || span->n != (int32_t) image->n_soft_tokens ||
-          image->n_embd != e->model->model->hp.n_embd)
+      const MediaBlock *b = next < total ? &g_array_index (blocks, MediaBlock, next) : NULL;
+      guint32 dim = b == NULL ? 0 : b->image ? b->image->n_embd : b->audio->n_embd;
+      if (b == NULL || span->type != b->type || span->n != block_soft_tokens (b) ||
+          dim != n_embd)
         {
-          set_error (res, GMD_ERROR_INTERNAL, "the prompt's image spans do not match its images");
+          set_error (res, GMD_ERROR_INTERNAL, "the prompt's media spans do not match its media");
           return FALSE;
         }
-      span->embd = image->embd;
+      span->embd = block_embd (b);
       next++;
     }
   if (next != total)
     {
-      set_error (res, GMD_ERROR_INTERNAL, "the prompt's image spans do not match its images");
+      set_error (res, GMD_ERROR_INTERNAL, "the prompt's media spans do not match its media");
       return FALSE;
     }
   return TRUE;
@@ -715,7 +798,7 @@ run_job (GmdEngine *e, GmdJob *job)
       if (ready)
         {
           res->prompt_tokens = (guint32) job->prompt.n_positions;
-          ready = encode_images (e, job, res);
+          ready = encode_media (e, job, res);
         }
       if (ready)
         {
@@ -734,8 +817,8 @@ run_job (GmdEngine *e, GmdJob *job)
                    * re-tokenized, a full window's answer can come out a little longer
                    * than the window: then the window is full. */
                   gm_prompt conv;
-                  if (gmd_prompt_render (e->model, job->spec, job->images, r.answer->str, &conv,
-                                         NULL))
+                  if (gmd_prompt_render (e->model, job->spec, job->images, job->audio,
+                                         r.answer->str, &conv, NULL))
                     res->context_used = MIN ((guint32) conv.n_positions, n_ctx);
                   gm_prompt_free (&conv);
                   if (job->cache_slots == 0)

@@ -34,8 +34,12 @@ typedef struct {
                                  request was accepted while the model loaded); the engine
                                  encodes them and the prompt's image spans then point at
                                  their embeddings */
+  GPtrArray *audio;           /* GmdAudio* of the new turn's audio parts, in order, prepared
+                                 with images (NULL exactly when images is); the engine
+                                 encodes each 30 s clip for its audio span */
   guint32 image_tokens;       /* soft-token budget per image */
   guint64 max_image_pixels;   /* decoder cap (limits.max_image_pixels) */
+  guint32 max_audio_seconds;  /* all audio parts together (limits.max_audio_seconds) */
   guint32 max_prompt_tokens;  /* for a re-render by the engine (0 = the window) */
   guint64 session_id;         /* 0: one-shot (the shared context) */
   guint32 context_size;       /* sessions: their window */
@@ -82,14 +86,16 @@ void gmd_engine_free (GmdEngine *engine);
 /* Switches to model (NULL: none), dropping every context; n_threads for the kernels'
  * pool, batch for prefill chunks. Queued after commands already sent. */
 void gmd_engine_set_model (GmdEngine *engine, GmdModel *model, guint n_threads, guint batch);
-/* Runs a job: progress (encoding when it has images, prefill, generating), pieces,
- * then exactly one finished. */
+/* Runs a job: progress (encoding when it has images or audio: media_done counts images
+ * and 30 s audio clips, in prompt order; prefill, generating), pieces, then exactly one
+ * finished. */
 void gmd_engine_run (GmdEngine *engine, GmdJob *job);
 /* Frees the cached context of a session. */
 void gmd_engine_drop_session (GmdEngine *engine, guint64 session_id);
 
-/* Tests only: called on the engine thread after each image of a job is encoded (done of
- * total), before the cancel check that precedes the next one. NULL: none. */
+/* Tests only: called on the engine thread after each image or audio clip of a job is
+ * encoded (done of total), before the cancel check that precedes the next one. NULL:
+ * none. */
 typedef void (*GmdEngineImageHook) (GmdJob *job, guint done, guint total, gpointer user_data);
 void gmd_engine_set_image_hook (GmdEngineImageHook hook, gpointer user_data);
 

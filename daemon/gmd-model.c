@@ -85,13 +85,15 @@ mmproj_towers (const gm_gguf *g, gboolean *vision, gboolean *audio)
            gm_gguf_find_kv (g, "clip.audio.embedding_length") != NULL;
 }
 
-/* The mmproj's image encoder, NULL in *out when it has no vision tower. */
+/* The mmproj's towers: *vision / *audio stay NULL for a tower it does not have. Each
+ * must project to the text model's width n_embd. */
 static gboolean
-load_vision (const char *mmproj_path, const char *model_path, guint32 n_embd,
-             gm_vision_model **out, GError **error)
+load_towers (const char *mmproj_path, const char *model_path, guint32 n_embd,
+             gm_vision_model **vision_out, gm_audio_model **audio_out, GError **error)
 {
   gm_error err = { 0 };
-  *out = NULL;
+  *vision_out = NULL;
+  *audio_out = NULL;
   gm_gguf *proj = gm_gguf_open (mmproj_path, &err);
   if (proj == NULL)
     {
@@ -108,26 +110,51 @@ load_vision (const char *mmproj_path, const char *model_path, guint32 n_embd,
                    "or clip.audio.* keys)", mmproj_path);
       return FALSE;
     }
-  if (!vision)
-    return TRUE;  /* audio only: no image modality */
 
-  gm_vision_model *vm = gm_vision_model_load (mmproj_path, &err);
-  if (vm == NULL)
+  gm_vision_model *vm = NULL;
+  if (vision)
     {
-      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
-      return FALSE;
+      vm = gm_vision_model_load (mmproj_path, &err);
+      if (vm == NULL)
+        {
+          g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
+          return FALSE;
+        }
+      guint32 dim = gm_vision_model_projection_dim (vm);
+      if (dim != n_embd)
+        {
+          g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT,
+                       "mmproj: %s projects images to width %u, but the model %s has width "
+                       "%u (the mmproj belongs to another model)", mmproj_path, dim,
+                       model_path, n_embd);
+          gm_vision_model_free (vm);
+          return FALSE;
+        }
     }
-  guint32 dim = gm_vision_model_projection_dim (vm);
-  if (dim != n_embd)
+  gm_audio_model *am = NULL;
+  if (audio)
     {
-      g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT,
-                   "mmproj: %s projects images to width %u, but the model %s has width %u "
-                   "(the mmproj belongs to another model)", mmproj_path, dim, model_path,
-                   n_embd);
-      gm_vision_model_free (vm);
-      return FALSE;
+      am = gm_audio_model_load (mmproj_path, &err);
+      if (am == NULL)
+        {
+          g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "mmproj: %s", err.msg);
+          gm_vision_model_free (vm);
+          return FALSE;
+        }
+      guint32 dim = gm_audio_model_projection_dim (am);
+      if (dim != n_embd)
+        {
+          g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT,
+                       "mmproj: %s projects audio to width %u, but the model %s has width "
+                       "%u (the mmproj belongs to another model)", mmproj_path, dim,
+                       model_path, n_embd);
+          gm_audio_model_free (am);
+          gm_vision_model_free (vm);
+          return FALSE;
+        }
     }
-  *out = vm;
+  *vision_out = vm;
+  *audio_out = am;
   return TRUE;
 }
 
@@ -144,8 +171,9 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
       return NULL;
     }
   gm_vision_model *vision = NULL;
+  gm_audio_model *audio = NULL;
   if (mmproj_path != NULL && mmproj_path[0] != '\0' &&
-      !load_vision (mmproj_path, path, model->hp.n_embd, &vision, error))
+      !load_towers (mmproj_path, path, model->hp.n_embd, &vision, &audio, error))
     {
       gm_model_free (model);
       return NULL;
@@ -154,6 +182,7 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
   if (tok == NULL)
     {
       g_set_error (error, GMD_ERROR, GMD_ERROR_INVALID_ARGUMENT, "%s", err.msg);
+      gm_audio_model_free (audio);
       gm_vision_model_free (vision);
       gm_model_free (model);
       return NULL;
@@ -164,6 +193,7 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
   m->model = model;
   m->tokenizer = tok;
   m->vision = vision;
+  m->audio = audio;
   m->path = g_strdup (path);
   m->mmproj_path = mmproj_path && mmproj_path[0] ? g_strdup (mmproj_path) : NULL;
   m->name = gguf_string (model->gguf, "general.name");
@@ -183,21 +213,46 @@ gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
   return m;
 }
 
+/* The formats gmd_media_sniff recognises that the decoders read (GIF and WebP are
+ * recognised only to name them in errors). */
+#define IMAGE_TYPES "image/png", "image/jpeg"
+#define AUDIO_TYPES "audio/wav", "audio/flac", "audio/ogg", "audio/mpeg", "audio/aiff", \
+                    "audio/basic"
 static const char *const text_modalities[] = { "text", NULL };
 static const char *const image_modalities[] = { "text", "image", NULL };
+static const char *const audio_modalities[] = { "text", "audio", NULL };
+static const char *const all_modalities[] = { "text", "image", "audio", NULL };
 static const char *const no_media_types[] = { NULL };
-static const char *const image_media_types[] = { "image/png", "image/jpeg", NULL };
+static const char *const image_media_types[] = { IMAGE_TYPES, NULL };
+static const char *const audio_media_types[] = { AUDIO_TYPES, NULL };
+static const char *const all_media_types[] = { IMAGE_TYPES, AUDIO_TYPES, NULL };
+
+/* Both tables are indexed by (vision != NULL) + 2 × (audio != NULL). */
+static const char *const *const modalities[] = {
+  text_modalities, image_modalities, audio_modalities, all_modalities,
+};
+static const char *const *const media_types[] = {
+  no_media_types, image_media_types, audio_media_types, all_media_types,
+};
+
+static guint
+towers_index (const GmdModel *m)
+{
+  if (m == NULL)
+    return 0;
+  return (m->vision != NULL ? 1u : 0u) + (m->audio != NULL ? 2u : 0u);
+}
 
 const char *const *
 gmd_model_modalities (const GmdModel *m)
 {
-  return m != NULL && m->vision != NULL ? image_modalities : text_modalities;
+  return modalities[towers_index (m)];
 }
 
 const char *const *
 gmd_model_media_types (const GmdModel *m)
 {
-  return m != NULL && m->vision != NULL ? image_media_types : no_media_types;
+  return media_types[towers_index (m)];
 }
 
 GmdModel *
@@ -214,6 +269,7 @@ gmd_model_unref (GmdModel *m)
     return;
   gm_tokenizer_free (m->tokenizer);
   gm_vision_model_free (m->vision);
+  gm_audio_model_free (m->audio);
   gm_model_free (m->model);
   g_free (m->path);
   g_free (m->mmproj_path);

@@ -10,6 +10,7 @@
 
 #include "decoder/model.h"
 #include "decoder/tokenizer.h"
+#include "audio/audio-encoder.h"
 #include "vision/vision-encoder.h"
 
 G_BEGIN_DECLS
@@ -21,6 +22,7 @@ typedef struct {
   char *path;
   char *mmproj_path;         /* NULL: text only */
   gm_vision_model *vision;   /* the mmproj's image encoder; NULL: no "image" modality */
+  gm_audio_model *audio;     /* the mmproj's audio encoder; NULL: no "audio" modality */
   char *name;                /* general.name, or the file name */
   char *architecture;        /* general.architecture */
   char *quantization;        /* predominant type of the layer matrices ("Q8_0"), or "mixed" */
@@ -34,15 +36,16 @@ typedef struct {
 } GmdModel;
 
 /* Loads path (blocking: call off the main loop). mmproj_path (NULL or "": none) is the
- * multimodal projector: its vision tower (gemma4v) is loaded when it has one and must
- * project to the text model's width; an mmproj with only an audio tower loads without
- * an image encoder (audio comes later). context_size 0 = min(n_ctx_train, 4096).
+ * multimodal projector: its vision tower (gemma4v) and its audio tower (gemma4a) are
+ * loaded when it has them (a real mmproj holds both in one file), and each must project
+ * to the text model's width. context_size 0 = min(n_ctx_train, 4096).
  * Errors: GMD_ERROR_INVALID_ARGUMENT naming the file (unreadable, not a GGUF, wrong
  * architecture, bad tensor, no encoder at all, projection width ≠ the model's). */
 GmdModel *gmd_model_load (const char *path, const char *mmproj_path, guint32 context_size,
                           GError **error);
 
-/* "text", plus "image" with a vision encoder (static strings, NULL-terminated). */
+/* "text", plus "image" with a vision encoder and "audio" with an audio encoder (static
+ * strings, NULL-terminated). */
 const char *const *gmd_model_modalities (const GmdModel *m);
 /* The MIME types of the modalities above. */
 const char *const *gmd_model_media_types (const GmdModel *m);

@@ -28,27 +28,32 @@ GmdPromptSpec *gmd_prompt_spec_ref (GmdPromptSpec *spec);
 void gmd_prompt_spec_unref (GmdPromptSpec *spec);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (GmdPromptSpec, gmd_prompt_spec_unref)
 
-/* Decodes and preprocesses the image parts of spec (blocking: a prompt worker or the
- * engine thread) for image_tokens soft tokens each, pixel cap max_pixels: *images gets
- * one GmdImage* per image part, in order (an empty array without images). Errors name
- * the part (content[i]): UNSUPPORTED_MEDIA when the model has no image encoder or the
- * file does not decode, LIMIT_EXCEEDED above max_pixels. */
-gboolean gmd_prompt_prepare_images (const GmdModel *model, const GmdPromptSpec *spec,
-                                    guint32 image_tokens, guint64 max_pixels,
-                                    GPtrArray **images, GError **error);
+/* Prepares the media parts of spec (blocking: a prompt worker or the engine thread), in
+ * order: images are decoded and preprocessed for image_tokens soft tokens each (pixel cap
+ * max_pixels); audio is decoded, mixed to mono, resampled to 16 kHz and turned into the
+ * log-mel features of each 30 s clip, all the parts together at most max_audio_seconds
+ * long. *images gets one GmdImage* per image part and *audio one GmdAudio* per audio
+ * part, in order (empty arrays without them). Errors name the part (content[i]):
+ * UNSUPPORTED_MEDIA when the model has no encoder for it or the file does not decode
+ * (the decoder's message), LIMIT_EXCEEDED above max_pixels or max_audio_seconds. */
+gboolean gmd_prompt_prepare_media (const GmdModel *model, const GmdPromptSpec *spec,
+                                   guint32 image_tokens, guint64 max_pixels,
+                                   guint32 max_audio_seconds, GPtrArray **images,
+                                   GPtrArray **audio, GError **error);
 
 /* Renders spec into out (initialised here; free with gm_prompt_free even on error).
  * With parts and no answer: the prompt for generating (ending with the model turn's
  * header); with an answer: the conversation with it as the model's reply; with neither:
- * the conversation so far (both to measure what a session holds). images are the new
- * turn's (gmd_prompt_prepare_images; NULL when it has none): each takes its soft tokens'
- * positions, pointing at its embeddings once encoded (NULL before; the engine fills them
- * in). History images come with their embeddings. Errors: GMD_ERROR_UNSUPPORTED_MEDIA
- * for audio/video parts (no encoder), GMD_ERROR_INTERNAL for a tokenizer failure or
- * images that do not match the parts. */
+ * the conversation so far (both to measure what a session holds). images and audio are
+ * the new turn's (gmd_prompt_prepare_media; NULL when it has none): each image, and each
+ * 30 s clip of an audio part, is one media block taking its soft tokens' positions,
+ * pointing at its embeddings once encoded (NULL before; the engine fills them in).
+ * History media come with their embeddings. Errors: GMD_ERROR_UNSUPPORTED_MEDIA for
+ * video parts, GMD_ERROR_INTERNAL for a tokenizer failure or media that do not match the
+ * parts. */
 gboolean gmd_prompt_render (const GmdModel *model, const GmdPromptSpec *spec,
-                            GPtrArray *images, const char *answer, gm_prompt *out,
-                            GError **error);
+                            GPtrArray *images, GPtrArray *audio, const char *answer,
+                            gm_prompt *out, GError **error);
 
 /* The window check of a rendered prompt: LIMIT_EXCEEDED when it is longer than
  * max_prompt_tokens (0 = the window) and that cap is below the window, else

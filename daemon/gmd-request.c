@@ -475,6 +475,7 @@ typedef struct {
   guint32 max_prompt_tokens;
   gm_prompt prompt;
   GPtrArray *images;          /* GmdImage*: decoded and preprocessed, not yet encoded */
+  GPtrArray *audio;           /* GmdAudio*: decoded, clips featurised, not yet encoded */
   GError *error;
 } Prepare;
 
@@ -487,6 +488,8 @@ prepare_free (gpointer p)
   gm_prompt_free (&pr->prompt);
   if (pr->images)
     g_ptr_array_unref (pr->images);
+  if (pr->audio)
+    g_ptr_array_unref (pr->audio);
   g_clear_error (&pr->error);
   g_free (pr);
 }
@@ -513,20 +516,26 @@ prepare_deliver (gpointer p)
   if (r->job->images)
     g_ptr_array_unref (r->job->images);
   r->job->images = g_steal_pointer (&pr->images);
+  if (r->job->audio)
+    g_ptr_array_unref (r->job->audio);
+  r->job->audio = g_steal_pointer (&pr->audio);
   accept (r);
 }
 
-/* GThreadPool worker: decode and preprocess the images (their soft-token counts are
- * positions of the prompt), render and check the window; the tokenizer is the model's,
- * held by a reference so a model switch cannot free it meanwhile. */
+/* GThreadPool worker: decode and preprocess the images, decode and featurise the audio
+ * (their soft-token counts are positions of the prompt), render and check the window;
+ * the tokenizer is the model's, held by a reference so a model switch cannot free it
+ * meanwhile. */
 static void
 prepare_run (gpointer data, gpointer user_data)
 {
   Prepare *pr = data;
   GmdJob *job = pr->job;
-  if (gmd_prompt_prepare_images (pr->model, job->spec, job->image_tokens,
-                                 job->max_image_pixels, &pr->images, &pr->error) &&
-      gmd_prompt_render (pr->model, job->spec, pr->images, NULL, &pr->prompt, &pr->error))
+  if (gmd_prompt_prepare_media (pr->model, job->spec, job->image_tokens,
+                                job->max_image_pixels, job->max_audio_seconds, &pr->images,
+                                &pr->audio, &pr->error) &&
+      gmd_prompt_render (pr->model, job->spec, pr->images, pr->audio, NULL, &pr->prompt,
+                         &pr->error))
     gmd_prompt_check_fit ((guint32) pr->prompt.n_positions, pr->context_size,
                           pr->max_prompt_tokens, &pr->error);
   gmd_mailbox_post (pr->mailbox, prepare_deliver, pr, prepare_free);
@@ -624,7 +633,8 @@ check_media (GmdService *s, guint index, const GmdPart *part, GError **error)
       for (gsize i = 0; i < MIN (len, (gsize) 4); i++)
         g_string_append_printf (hex, "%s%02x", i ? " " : "", data[i]);
       gmd_set_field_error (error, GMD_ERROR_UNSUPPORTED_MEDIA, field,
-                           "not a PNG, JPEG, WAV, FLAC or Ogg file (starts with %s)", hex->str);
+                           "not a PNG, JPEG, WAV, FLAC, Ogg, MP3, AIFF or AU file (starts with %s)",
+                           hex->str);
       g_string_free (hex, TRUE);
       return FALSE;
     }
@@ -653,7 +663,7 @@ check_media (GmdService *s, guint index, const GmdPart *part, GError **error)
     {
       const char *why = s->model->mmproj_path == NULL ? "no mmproj loaded"
                         : part->type == GMD_PART_IMAGE ? "the mmproj has no vision encoder"
-                        : "this build has no encoder for it";
+                        : "the mmproj has no audio encoder";
       gmd_set_field_error (error, GMD_ERROR_UNSUPPORTED_MEDIA, field,
                            "%s input is not available: %s", name, why);
       return FALSE;
@@ -830,6 +840,7 @@ gmd_service_submit (GmdService *s, GmdClient *client, GmdSession *session, GPtrA
   job->max_prompt_tokens = lim->max_prompt_tokens;
   job->image_tokens = opts->image_tokens;
   job->max_image_pixels = lim->max_image_pixels;
+  job->max_audio_seconds = lim->max_audio_seconds;
   job->session_id = session ? session->id : 0;
   job->context_size = r->context_size;
   job->cache_slots = s->config->cache_slots;

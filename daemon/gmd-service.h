@@ -121,9 +121,11 @@ const char *gmd_request_state_name (GmdRequestState s);  /* "queued", "loading",
 typedef struct {
   GmdRequestState state;
   guint32 queue_position;     /* QUEUED: 0 = next */
-  guint32 prompt_done;        /* PREFILL: positions; ENCODING: media parts encoded
-                                 (the front ends call them media_done/media_total) */
-  guint32 prompt_total;       /* PREFILL: positions; ENCODING: media parts to encode */
+  guint32 prompt_done;        /* PREFILL: positions; ENCODING: images and 30 s audio
+                                 clips encoded (the front ends call them
+                                 media_done/media_total) */
+  guint32 prompt_total;       /* PREFILL: positions; ENCODING: images and audio clips to
+                                 encode */
 } GmdProgress;
 
 typedef enum {

@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "gmd-audio.h"
 #include "gmd-image.h"
 
 const char *
@@ -113,7 +114,7 @@ measure (GmdService *s, const char *system, gboolean thinking, GPtrArray *histor
 {
   g_autoptr (GmdPromptSpec) spec = gmd_prompt_spec_new (FALSE, thinking, system, history, NULL);
   gm_prompt p;
-  gboolean ok = gmd_prompt_render (s->model, spec, NULL, NULL, &p, error);
+  gboolean ok = gmd_prompt_render (s->model, spec, NULL, NULL, NULL, &p, error);
   if (ok)
     *out = (guint32) p.n_positions;
   gm_prompt_free (&p);
@@ -395,23 +396,26 @@ gmd_session_turn_accepted (GmdSession *session, GmdRequest *request)
   stop_idle_timer (session);
 }
 
-/* A kept turn with images: its user message gets the turn's parts, images as their
- * encoded soft tokens (the file's bytes go with the request), so a rebuilt cache sees
- * the same prompt; GetHistory lists them as (type, soft_tokens). FALSE when an image
- * was never encoded (the turn did not get that far). */
+/* A kept turn with media: its user message gets the turn's parts, images and audio as
+ * their encoded soft tokens (the files' bytes go with the request), so a rebuilt cache
+ * sees the same prompt; GetHistory lists them as (type, soft_tokens), an audio part with
+ * the soft tokens of all its clips. FALSE when a media part was never encoded (the turn
+ * did not get that far). */
 static gboolean
 keep_turn_parts (GmdMessage *user, GmdJob *job)
 {
   GPtrArray *parts = job->spec->parts;
   guint n_images = job->images ? job->images->len : 0;
-  if (n_images == 0)
+  guint n_audio = job->audio ? job->audio->len : 0;
+  if (n_images == 0 && n_audio == 0)
     return TRUE;
   g_autoptr (GPtrArray) kept = g_ptr_array_new_with_free_func ((GDestroyNotify) gmd_part_free);
   g_autoptr (GArray) media = g_array_new (FALSE, FALSE, sizeof (GmdHistoryMedia));
-  guint next = 0;
+  guint next_image = 0, next_audio = 0;
   for (guint i = 0; parts != NULL && i < parts->len; i++)
     {
       const GmdPart *part = parts->pdata[i];
+      GmdHistoryMedia hm = { .type = part->type };
       if (part->type == GMD_PART_TEXT)
         {
           GmdPart *t = g_new0 (GmdPart, 1);
@@ -420,11 +424,22 @@ keep_turn_parts (GmdMessage *user, GmdJob *job)
           g_ptr_array_add (kept, t);
           continue;
         }
-      GmdImage *image = next < n_images ? job->images->pdata[next++] : NULL;
-      if (image == NULL || image->embd == NULL)
-        return FALSE;
-      g_ptr_array_add (kept, gmd_part_new_encoded_image (image));
-      GmdHistoryMedia hm = { .type = GMD_PART_IMAGE, .soft_tokens = image->n_soft_tokens };
+      if (part->type == GMD_PART_AUDIO)
+        {
+          GmdAudio *audio = next_audio < n_audio ? job->audio->pdata[next_audio++] : NULL;
+          if (audio == NULL || !gmd_audio_is_encoded (audio))
+            return FALSE;
+          g_ptr_array_add (kept, gmd_part_new_encoded_audio (audio));
+          hm.soft_tokens = gmd_audio_n_soft_tokens (audio);
+        }
+      else
+        {
+          GmdImage *image = next_image < n_images ? job->images->pdata[next_image++] : NULL;
+          if (image == NULL || image->embd == NULL)
+            return FALSE;
+          g_ptr_array_add (kept, gmd_part_new_encoded_image (image));
+          hm.soft_tokens = image->n_soft_tokens;
+        }
       g_array_append_val (media, hm);
     }
   user->parts = g_steal_pointer (&kept);

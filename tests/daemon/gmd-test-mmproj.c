@@ -7,6 +7,13 @@
 
 #include "core/gguf.h"
 
+static bool
+is_projection (const char *name)
+{
+  return strcmp (name, "mm.input_projection.weight") == 0 ||
+         strcmp (name, "mm.a.input_projection.weight") == 0;
+}
+
 static int
 add_tensors (gm_gguf_writer *w, const gm_gguf *src, int projection, int positions,
              gm_error *err)
@@ -15,7 +22,7 @@ add_tensors (gm_gguf_writer *w, const gm_gguf *src, int projection, int position
     {
       const gm_gguf_tensor *t = &src->tensors[i];
       int rc;
-      if (projection > 0 && strcmp (t->name, "mm.input_projection.weight") == 0)
+      if (projection > 0 && is_projection (t->name))
         {
           int64_t ne[2] = { t->ne[0], projection };
           float *zeros = calloc ((size_t) ne[0] * (size_t) projection, sizeof (float));
@@ -49,40 +56,68 @@ add_tensors (gm_gguf_writer *w, const gm_gguf *src, int projection, int position
   return GM_OK;
 }
 
-int
-gmd_test_write_mmproj (const char *src_path, const char *dst, GmdTestMmprojKind kind,
-                       int projection, int positions, gm_error *err)
+/* Keys written by the caller itself (the towers present, the projection widths). */
+static bool
+is_overridden_key (const char *key, int projection)
 {
+  if (strcmp (key, "clip.has_vision_encoder") == 0 || strcmp (key, "clip.has_audio_encoder") == 0)
+    return true;
+  return projection > 0 && (strcmp (key, "clip.vision.projection_dim") == 0 ||
+                            strcmp (key, "clip.audio.projection_dim") == 0);
+}
+
+/* Copies a tower's keys (those not already taken from an earlier tower, so the general.*
+ * keys come from the first) and tensors. */
+static int
+add_tower (gm_gguf_writer *w, const gm_gguf *src, const gm_gguf *earlier, int projection,
+           int positions, gm_error *err)
+{
+  for (uint64_t i = 0; i < src->n_kv; i++)
+    {
+      const char *key = src->kv[i].key;
+      if (is_overridden_key (key, projection) ||
+          (earlier != NULL && gm_gguf_find_kv (earlier, key) != NULL))
+        continue;
+      gm_gguf_add_kv_from (w, src, &src->kv[i]);
+    }
+  return add_tensors (w, src, projection, positions, err);
+}
+
+int
+gmd_test_write_mmproj (const char *vision_src, const char *audio_src, const char *dst,
+                       GmdTestMmprojKind kind, int projection, int positions, gm_error *err)
+{
+  bool vision = kind == GMD_TEST_MMPROJ_VISION || kind == GMD_TEST_MMPROJ_AUDIO_VISION;
+  bool audio = kind == GMD_TEST_MMPROJ_AUDIO_ONLY || kind == GMD_TEST_MMPROJ_AUDIO_VISION;
+  gm_gguf *v = NULL, *a = NULL;
+  if (vision && (v = gm_gguf_open (vision_src, err)) == NULL)
+    return GM_ERR_IO;
+  if (audio && (a = gm_gguf_open (audio_src, err)) == NULL)
+    {
+      gm_gguf_close (v);
+      return GM_ERR_IO;
+    }
+
   gm_gguf_writer *w = gm_gguf_writer_new ();
   int rc = GM_OK;
-  if (kind == GMD_TEST_MMPROJ_VISION)
+  if (!vision && !audio)
+    gm_gguf_add_str (w, "general.architecture", "clip");
+  if (vision)
+    rc = add_tower (w, v, NULL, projection, positions, err);
+  if (rc == GM_OK && audio)
+    rc = add_tower (w, a, v, projection, 0, err);
+  if (rc == GM_OK)
     {
-      gm_gguf *src = gm_gguf_open (src_path, err);
-      if (src == NULL)
-        {
-          gm_gguf_writer_free (w);
-          return GM_ERR_IO;
-        }
-      for (uint64_t i = 0; i < src->n_kv; i++)
-        if (projection <= 0 || strcmp (src->kv[i].key, "clip.vision.projection_dim") != 0)
-          gm_gguf_add_kv_from (w, src, &src->kv[i]);
-      if (projection > 0)
+      gm_gguf_add_bool (w, "clip.has_vision_encoder", vision);
+      gm_gguf_add_bool (w, "clip.has_audio_encoder", audio);
+      if (projection > 0 && vision)
         gm_gguf_add_u32 (w, "clip.vision.projection_dim", (uint32_t) projection);
-      rc = add_tensors (w, src, projection, positions, err);
-      if (rc == GM_OK)
-        rc = gm_gguf_writer_write (w, dst, err);
-      gm_gguf_close (src);
-    }
-  else
-    {
-      gm_gguf_add_str (w, "general.architecture", "clip");
-      if (kind == GMD_TEST_MMPROJ_AUDIO_ONLY)
-        {
-          gm_gguf_add_bool (w, "clip.has_vision_encoder", false);
-          gm_gguf_add_bool (w, "clip.has_audio_encoder", true);
-        }
+      if (projection > 0 && audio)
+        gm_gguf_add_u32 (w, "clip.audio.projection_dim", (uint32_t) projection);
       rc = gm_gguf_writer_write (w, dst, err);
     }
   gm_gguf_writer_free (w);
+  gm_gguf_close (v);
+  gm_gguf_close (a);
   return rc;
 }
