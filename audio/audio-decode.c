@@ -330,7 +330,7 @@ int gm_audio_decode(const uint8_t *data, size_t len, const gm_audio_limits *lim,
         }
         n += (size_t)got;
         if (n > max_frames) {
-            rc = gm_set_error(err, GM_ERR_RANGE, "audio: %s: longer than the %.6g s duration limit "
+            rc = gm_set_error(err, GM_ERR_LIMIT, "audio: %s: longer than the %.6g s duration limit "
                               "(more than %zu frames at %u Hz)", out->format, max_s, max_frames, rate);
             goto done;
         }

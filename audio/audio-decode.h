@@ -35,7 +35,8 @@ typedef struct gm_audio_pcm {
 } gm_audio_pcm;
 
 /* Decodes data (len bytes). Refuses unknown or corrupt files, zero-length audio, sample
- * rates or channel counts outside the limits and durations beyond max_seconds — reading
+ * rates or channel counts outside the limits and durations beyond max_seconds (that one
+ * GM_ERR_LIMIT: a policy, not a bad file) — reading
  * in blocks, never allocating from the header's frame count first. lim may be NULL. */
 int gm_audio_decode(const uint8_t *data, size_t len, const gm_audio_limits *lim,
                     gm_audio_pcm *out, gm_error *err);

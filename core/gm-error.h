@@ -22,6 +22,8 @@ enum {
     GM_ERR_INVALID = -5,   /* bad argument from the caller */
     GM_ERR_RANGE = -6,     /* context exceeded, too large */
     GM_ERR_CANCELLED = -7,
+    GM_ERR_LIMIT = -8,     /* over a limit the caller set (pixels, duration): the caller's
+                              policy, not a broken input */
 };
 
 typedef struct gm_error {

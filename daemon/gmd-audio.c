@@ -8,14 +8,14 @@
 #include "audio/audio-features.h"
 #include "gmd-error.h"
 
-/* The decoder says GM_ERR_RANGE for every bound it enforces; only the duration is a
- * limit the caller can change (its message names the duration limit). Running out of
- * memory is the service's problem, not the file's. */
+/* GM_ERR_LIMIT: over the duration limit the configuration sets (the other bounds the
+ * decoder enforces are about the file). Running out of memory is the service's problem,
+ * not the file's. */
 static void
 set_audio_error (GError **error, int rc, const gm_error *err, const char *limit_name,
                  const char *field)
 {
-  if (rc == GM_ERR_RANGE && strstr (err->msg, "duration") != NULL)
+  if (rc == GM_ERR_LIMIT)
     gmd_set_field_error (error, GMD_ERROR_LIMIT_EXCEEDED, field, "%s (%s)", err->msg,
                          limit_name);
   else if (rc == GM_ERR_NOMEM)

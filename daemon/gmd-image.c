@@ -17,7 +17,7 @@ gmd_image_prepare (const guint8 *data, gsize len, guint32 max_soft_tokens, guint
   int rc = gm_image_decode (data, len, &lim, &img, &err);
   if (rc != GM_OK)
     {
-      if (rc == GM_ERR_RANGE)
+      if (rc == GM_ERR_LIMIT)
         gmd_set_field_error (error, GMD_ERROR_LIMIT_EXCEEDED, field, "%s (max_image_pixels)",
                              err.msg);
       else

@@ -841,7 +841,7 @@ int main(int argc, char **argv)
         free(data);
         if (erc != GM_OK) {
             fprintf(stderr, "%s: %s: %s\n", prog, path, err.msg);
-            exit_code = erc == GM_ERR_FORMAT || erc == GM_ERR_UNSUPPORTED || erc == GM_ERR_RANGE ||
+            exit_code = erc == GM_ERR_FORMAT || erc == GM_ERR_UNSUPPORTED || erc == GM_ERR_RANGE || erc == GM_ERR_LIMIT ||
                                 erc == GM_ERR_INVALID
                             ? TOOL_EXIT_LOAD : TOOL_EXIT_RUNTIME;
             goto out;

@@ -82,7 +82,7 @@ static int check_pixels(const char *fmt, uint64_t w, uint64_t h, uint64_t max_pi
                             fmt, w, h);
     /* (the second test keeps every buffer size below SIZE_MAX whatever limit is set) */
     if (w * h > max_pixels || w * h > SIZE_MAX / 16)
-        return gm_set_error(err, GM_ERR_RANGE, "%s: %" PRIu64 "x%" PRIu64
+        return gm_set_error(err, GM_ERR_LIMIT, "%s: %" PRIu64 "x%" PRIu64
                             " exceeds the %" PRIu64 "-pixel limit", fmt, w, h, max_pixels);
     return GM_OK;
 }

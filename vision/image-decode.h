@@ -33,7 +33,7 @@ typedef struct gm_image_limits {
 } gm_image_limits;
 
 /* Decodes data (len bytes) into out. Refuses unknown formats, truncated/corrupt files,
- * zero dimensions and images above the pixel limit — the limit is checked from the header
+ * zero dimensions and images above the pixel limit (GM_ERR_LIMIT) — the limit is checked from the header
  * before any pixel buffer is allocated. lim may be NULL. Error messages start with "PNG: ",
  * "JPEG: " or (format not recognised) "image: "; on error out is left empty. */
 int gm_image_decode(const uint8_t *data, size_t len, const gm_image_limits *lim, gm_image *out,

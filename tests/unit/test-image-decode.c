@@ -186,7 +186,7 @@ static void test_png_errors(void)
 
     /* pixel limit: 13x9 = 117 pixels */
     gm_image_limits lim = { .max_pixels = 116 };
-    CHECK_EQ_INT(gm_image_decode(data, len, &lim, &img, &err), GM_ERR_RANGE);
+    CHECK_EQ_INT(gm_image_decode(data, len, &lim, &img, &err), GM_ERR_LIMIT);
     CHECKF(strcmp(err.msg, "PNG: 13x9 exceeds the 116-pixel limit") == 0, "%s", err.msg);
     CHECK(img.rgb == NULL);
     lim.max_pixels = 117;
@@ -200,7 +200,7 @@ static void test_png_errors(void)
     put32(big + 16, 40000);
     put32(big + 20, 40000);
     put32(big + 29, crc32_png(big + 12, 17));
-    CHECK_EQ_INT(gm_image_decode(big, len, NULL, &img, &err), GM_ERR_RANGE);
+    CHECK_EQ_INT(gm_image_decode(big, len, NULL, &img, &err), GM_ERR_LIMIT);
     CHECKF(strcmp(err.msg, "PNG: 40000x40000 exceeds the 50000000-pixel limit") == 0, "%s", err.msg);
 
     /* an ancillary chunk declaring 2 GB: refused from the declared length, before libpng
@@ -283,7 +283,7 @@ static void test_jpeg_errors(void)
         b[sof + 6] = 40000 & 255;
         b[sof + 7] = 40000 >> 8;
         b[sof + 8] = 40000 & 255;
-        CHECK_EQ_INT(gm_image_decode(b, len, NULL, &img, &err), GM_ERR_RANGE);
+        CHECK_EQ_INT(gm_image_decode(b, len, NULL, &img, &err), GM_ERR_LIMIT);
         CHECKF(strcmp(err.msg, "JPEG: 40000x40000 exceeds the 50000000-pixel limit") == 0, "%s", err.msg);
         /* zero height is an error too (libjpeg: DNL not supported) */
         b[sof + 5] = 0;
