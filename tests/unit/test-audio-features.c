@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audio/audio-decode.h"
 #include "audio/audio-features.h"
 #include "test-util.h"
 
@@ -388,6 +389,102 @@ static void test_threads(void)
     free(s);
 }
 
+/* Real recordings (8, 16, 44.1, 48 kHz; mono and stereo; WAV, FLAC, Ogg Vorbis/Opus, MP3)
+ * through gemmad's decoder and resampler, then the front end, against transformers'
+ * extractor on the very samples gemmad produced (audio-recordings/, made with
+ * tests/tools/audio-dump and generate_audio_recordings.py). The samples' Σx and Σx² say
+ * the decode and resample still give what the reference saw; the features must then agree
+ * as closely as for the exact 16 kHz WAVs. */
+static void test_recordings(void)
+{
+    const char *cdir = getenv("GEMMAD_CONFORMANCE_DIR");
+    const char *ddir = getenv("GEMMAD_TEST_DATA");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/audio-recordings/cases.txt", cdir ? cdir : "tests/conformance");
+    FILE *f = fopen(path, "r");
+    CHECKF(f != NULL, "cannot open %s", path);
+    if (!f)
+        return;
+    char line[1024];
+    int cases = 0;
+    while (fgets(line, sizeof line, f)) {
+        char name[256], file[256];
+        unsigned rate, ch, frames;
+        size_t n;
+        double s1, s2;
+        if (line[0] == '#' || sscanf(line, "%255s %255s %u %u %zu %u %lf %lf", name, file, &rate, &ch,
+                                     &n, &frames, &s1, &s2) != 8)
+            continue;
+        cases++;
+        snprintf(path, sizeof path, "%s/audio/%s", ddir ? ddir : "tests/data", file);
+        size_t len = 0;
+        uint8_t *data = gm_test_read_file(path, &len);
+        CHECKF(data != NULL, "cannot read %s", path);
+        if (!data)
+            continue;
+        gm_audio_pcm pcm;
+        gm_error err = { 0 };
+        int rc = gm_audio_load_16k(data, len, NULL, &pcm, NULL, &err);
+        free(data);
+        CHECKF(rc == GM_OK, "%s: %s", file, err.msg);
+        if (rc != GM_OK)
+            continue;
+        CHECKF(pcm.rate == rate && pcm.channels == ch && pcm.n_samples == n,
+               "%s: %u Hz %u ch %zu samples, reference %u Hz %u ch %zu", file, pcm.rate,
+               pcm.channels, pcm.n_samples, rate, ch, n);
+        double t1 = 0, t2 = 0;
+        for (size_t i = 0; i < pcm.n_samples; i++) {
+            t1 += pcm.samples[i];
+            t2 += (double)pcm.samples[i] * pcm.samples[i];
+        }
+        CHECKF(fabs(t1 - s1) <= 1e-3 && fabs(t2 - s2) <= 1e-6 * s2 + 1e-6,
+               "%s: samples differ from the reference's (sum %.9g vs %.9g, sum of squares %.9g vs "
+               "%.9g)", file, t1, s1, t2, s2);
+
+        gm_audio_clip_features cf = { 0 };
+        rc = pcm.n_samples == n ? gm_audio_clip_featurize(pcm.samples, pcm.n_samples, &cf, &err)
+                                : GM_ERR_INVALID;
+        gm_audio_pcm_free(&pcm);
+        CHECKF(rc == GM_OK, "%s: %s", file, err.msg);
+        if (rc != GM_OK)
+            continue;
+        CHECK_EQ_INT(cf.n_frames, frames);
+        size_t slen = 0, sumlen = 0;
+        snprintf(path, sizeof path, "%s/audio-recordings/%s-sparse.f32", cdir ? cdir : "tests/conformance", name);
+        float *sparse = gm_test_read_file(path, &slen);
+        snprintf(path, sizeof path, "%s/audio-recordings/%s-sums.f64", cdir ? cdir : "tests/conformance", name);
+        double *sums = gm_test_read_file(path, &sumlen);
+        size_t n_sparse = (frames + 7) / 8;
+        CHECKF(sparse && slen == n_sparse * 128 * sizeof(float) && sums &&
+                   sumlen == (size_t)frames * sizeof(double), "%s: reference files", name);
+        if (cf.n_frames == frames && sparse && sums && slen == n_sparse * 128 * sizeof(float) &&
+            sumlen == (size_t)frames * sizeof(double)) {
+            double dmax = 0, smax = 0;
+            for (size_t k = 0; k < n_sparse; k++)
+                for (int b = 0; b < 128; b++) {
+                    double d = fabs((double)cf.values[k * 8 * 128 + b] - sparse[k * 128 + b]);
+                    dmax = d > dmax ? d : dmax;
+                }
+            for (unsigned fr = 0; fr < frames; fr++) {
+                double t = 0;
+                for (int b = 0; b < 128; b++)
+                    t += cf.values[(size_t)fr * 128 + b];
+                double d = fabs(t - sums[fr]);
+                smax = d > smax ? d : smax;
+            }
+            printf("  %-28s %5u Hz %u ch: %u frames, max |d| %.2e (every 8th frame), frame sums "
+                   "max |d| %.2e\n", name, rate, ch, frames, dmax, smax);
+            CHECKF(dmax <= 1e-4, "%s: log-mel max |d| %.3e > 1e-4", name, dmax);
+            CHECKF(smax <= 128 * 1e-4, "%s: frame-sum max |d| %.3e", name, smax);
+        }
+        free(sparse);
+        free(sums);
+        free(cf.values);
+    }
+    fclose(f);
+    CHECKF(cases >= 8, "only %d recordings in cases.txt", cases);
+}
+
 int main(void)
 {
     const char *dir = getenv("GEMMAD_CONFORMANCE_DIR");
@@ -399,5 +496,6 @@ int main(void)
     test_conformance();
     test_long_split();
     test_split_edges();
+    test_recordings();
     return gm_test_finish();
 }
