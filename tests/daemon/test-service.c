@@ -1545,10 +1545,13 @@ saw_first_image (gpointer data)
   return c->finished || count_state (c, GMD_STATE_ENCODING) >= 2;
 }
 
+/* Two media parts: the engine is held after encoding the first until the test has
+ * cancelled through the real API; the second is never encoded, nothing is prefilled, and
+ * the next request (next_spec) still runs. */
 static void
-test_image_cancel_encoding (void)
+check_cancel_during_encoding (GmdConfig *config, const char *const *two, GmdOptions *opts,
+                              const char *const *next_spec)
 {
-  g_autoptr (GmdConfig) config = vision_config ();
   GmdService *s = new_service (config);
   g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
   EncodeGate gate = { 0 };
@@ -1556,10 +1559,8 @@ test_image_cancel_encoding (void)
   g_cond_init (&gate.cond);
   gmd_engine_set_image_hook (gate_hook, &gate);
 
-  static const char *const two[] = { "@jpeg-baseline.jpg", "@rgba8.png", "Compare.", NULL };
   g_autoptr (GError) error = NULL;
-  g_autoptr (Collect) c = submit_parts (s, client, NULL, mixed_parts (two),
-                                        with_image_tokens (options (8, 1), 70), &error);
+  g_autoptr (Collect) c = submit_parts (s, client, NULL, mixed_parts (two), opts, &error);
   g_assert_no_error (error);
   wait_until (saw_first_image, c, 60);
   g_assert_false (c->finished);
@@ -1575,14 +1576,22 @@ test_image_cancel_encoding (void)
   g_assert_cmpint (c->summary.cancel_reason, ==, GMD_CANCEL_CLIENT);
   g_assert_cmpuint (count_state (c, GMD_STATE_PREFILL), ==, 0);
   g_assert_cmpuint (c->summary.generated_tokens, ==, 0);
-  g_assert_cmpuint (gate.calls, ==, 1);   /* the second image was never encoded */
+  g_assert_cmpuint (gate.calls, ==, 1);   /* the second part was never encoded */
   gmd_engine_set_image_hook (NULL, NULL);
 
-  static const char *const next[] = { "@rgba8.png", "Next.", NULL };
-  g_autoptr (Collect) after = run_parts (s, client, NULL, next, options (4, 1));
+  g_autoptr (Collect) after = run_parts (s, client, NULL, next_spec, options (4, 1));
   gmd_service_free (s);
   g_mutex_clear (&gate.lock);
   g_cond_clear (&gate.cond);
+}
+
+static void
+test_image_cancel_encoding (void)
+{
+  g_autoptr (GmdConfig) config = vision_config ();
+  static const char *const two[] = { "@jpeg-baseline.jpg", "@rgba8.png", "Compare.", NULL };
+  static const char *const next[] = { "@rgba8.png", "Next.", NULL };
+  check_cancel_during_encoding (config, two, with_image_tokens (options (8, 1), 70), next);
 }
 
 static Collect *
@@ -2092,41 +2101,10 @@ static void
 test_audio_cancel_encoding (void)
 {
   g_autoptr (GmdConfig) config = audio_config ();
-  GmdService *s = new_service (config);
-  g_autoptr (GmdClient) client = gmd_service_get_client (s, "a", 1000);
-  EncodeGate gate = { 0 };
-  g_mutex_init (&gate.lock);
-  g_cond_init (&gate.cond);
-  gmd_engine_set_image_hook (gate_hook, &gate);
-
   static const char *const two[] = { "%speech-16k-mono-pcm16.wav", "%chirp-48k-mono-pcm16.wav",
                                      "Compare.", NULL };
-  g_autoptr (GError) error = NULL;
-  g_autoptr (Collect) c = submit_parts (s, client, NULL, mixed_parts (two), options (8, 1),
-                                        &error);
-  g_assert_no_error (error);
-  wait_until (saw_first_image, c, 60);
-  g_assert_false (c->finished);
-  g_assert_cmpint (gmd_request_get_state (c->request), ==, GMD_STATE_ENCODING);
-  g_assert_true (gmd_request_cancel (c->request, GMD_CANCEL_CLIENT));
-  g_mutex_lock (&gate.lock);
-  gate.released = TRUE;
-  g_cond_signal (&gate.cond);
-  g_mutex_unlock (&gate.lock);
-  wait_finished (c);
-
-  g_assert_cmpint (c->summary.stop_reason, ==, GMD_STOP_CANCELLED);
-  g_assert_cmpint (c->summary.cancel_reason, ==, GMD_CANCEL_CLIENT);
-  g_assert_cmpuint (count_state (c, GMD_STATE_PREFILL), ==, 0);
-  g_assert_cmpuint (c->summary.generated_tokens, ==, 0);
-  g_assert_cmpuint (gate.calls, ==, 1);   /* the second clip was never encoded */
-  gmd_engine_set_image_hook (NULL, NULL);
-
   static const char *const next[] = { "%speech-8k-mono-pcm16.wav", "Next.", NULL };
-  g_autoptr (Collect) after = run_parts (s, client, NULL, next, options (4, 1));
-  gmd_service_free (s);
-  g_mutex_clear (&gate.lock);
-  g_cond_clear (&gate.cond);
+  check_cancel_during_encoding (config, two, options (8, 1), next);
 }
 
 static void

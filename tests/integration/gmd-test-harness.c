@@ -1309,3 +1309,35 @@ gmd_test_pipe_reader_closed (int write_fd, guint timeout_ms)
   while (r < 0 && errno == EINTR);
   return r == 1 && (pfd.revents & POLLERR) != 0;
 }
+
+gboolean
+gmd_test_json_strv_contains (JsonObject *o, const char *member, const char *s)
+{
+  JsonArray *a = json_object_get_array_member (o, member);
+  g_assert_nonnull (a);
+  for (guint i = 0; i < json_array_get_length (a); i++)
+    if (g_strcmp0 (json_array_get_string_element (a, i), s) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+GBytes *
+gmd_test_data_file (const char *env_dir, const char *name)
+{
+  g_autofree char *path = g_build_filename (gmd_test_env (env_dir), name, NULL);
+  g_autoptr (GError) error = NULL;
+  char *data = NULL;
+  gsize len = 0;
+  g_file_get_contents (path, &data, &len, &error);
+  g_assert_no_error (error);
+  return g_bytes_new_take (data, len);
+}
+
+guint
+gmd_test_count_states (GPtrArray *states, const char *state)
+{
+  guint n = 0;
+  for (guint i = 0; i < states->len; i++)
+    n += g_strcmp0 (states->pdata[i], state) == 0;
+  return n;
+}

@@ -203,6 +203,13 @@ GBytes *gmd_test_png_bytes (void);
 GBytes *gmd_test_wav_bytes (void);
 /* TRUE when Modalities (socket info or D-Bus property) includes modality. */
 gboolean gmd_test_strv_contains (GVariant *as, const char *s);
+/* The same for a JSON array member of o (which must exist). */
+gboolean gmd_test_json_strv_contains (JsonObject *o, const char *member, const char *s);
+
+/* The whole file env_dir/name (env_dir: a GEMMAD_TEST_* variable naming a folder). */
+GBytes *gmd_test_data_file (const char *env_dir, const char *name);
+/* How many progress events of a stream had this state ("encoding", "prefill"). */
+guint gmd_test_count_states (GPtrArray *states, const char *state);
 
 /* A temporary regular file with the given bytes, opened with flags; unlinked at once. */
 int gmd_test_temp_fd (GmdTestDaemon *daemon, const void *data, gsize len, int flags);

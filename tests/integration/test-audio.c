@@ -20,13 +20,7 @@ static const char *const audio_types[] = { "audio/wav", "audio/flac", "audio/ogg
 static GBytes *
 audio_file (const char *name)
 {
-  g_autofree char *path = g_build_filename (gmd_test_env ("GEMMAD_TEST_AUDIO"), name, NULL);
-  g_autoptr (GError) error = NULL;
-  char *data = NULL;
-  gsize len = 0;
-  g_file_get_contents (path, &data, &len, &error);
-  g_assert_no_error (error);
-  return g_bytes_new_take (data, len);
+  return gmd_test_data_file ("GEMMAD_TEST_AUDIO", name);
 }
 
 /* The first half of a FLAC file: its header is intact, its frames stop early. */
@@ -43,26 +37,6 @@ start_with_mmproj (void)
   return gmd_test_daemon_start ("--mmproj", gmd_test_env ("GEMMAD_TEST_MMPROJ_AV"), NULL);
 }
 
-static gboolean
-json_strv_contains (JsonObject *o, const char *member, const char *s)
-{
-  JsonArray *a = json_object_get_array_member (o, member);
-  g_assert_nonnull (a);
-  for (guint i = 0; i < json_array_get_length (a); i++)
-    if (g_strcmp0 (json_array_get_string_element (a, i), s) == 0)
-      return TRUE;
-  return FALSE;
-}
-
-static guint
-count_states (GPtrArray *states, const char *state)
-{
-  guint n = 0;
-  for (guint i = 0; i < states->len; i++)
-    n += g_strcmp0 (states->pdata[i], state) == 0;
-  return n;
-}
-
 /* ---- socket ------------------------------------------------------------------------------ */
 
 static void
@@ -73,7 +47,7 @@ assert_audio_answer (GmdTestStream *s, gint64 max_tokens)
   g_assert_nonnull (s->done);
   g_assert_cmpstr (gmd_test_done_str (s, "stop_reason"), ==, "max_tokens");
   g_assert_cmpint (gmd_test_done_int (s, "generated_tokens"), ==, max_tokens);
-  g_assert_cmpuint (count_states (s->states, "encoding"), ==, 2);   /* 0/1, 1/1 */
+  g_assert_cmpuint (gmd_test_count_states (s->states, "encoding"), ==, 2);   /* 0/1, 1/1 */
   g_assert_cmpuint (s->text->len, >, 0);
 }
 
@@ -85,12 +59,12 @@ test_socket (void)
 
   g_autoptr (JsonObject) msg = gmd_test_client_call (c, "\"i\"", "{\"type\":\"info\",\"id\":\"i\"}");
   JsonObject *info = gmd_test_assert_result (msg);
-  g_assert_true (json_strv_contains (info, "modalities", "text"));
-  g_assert_true (json_strv_contains (info, "modalities", "image"));
-  g_assert_true (json_strv_contains (info, "modalities", "audio"));
+  g_assert_true (gmd_test_json_strv_contains (info, "modalities", "text"));
+  g_assert_true (gmd_test_json_strv_contains (info, "modalities", "image"));
+  g_assert_true (gmd_test_json_strv_contains (info, "modalities", "audio"));
   for (guint i = 0; audio_types[i] != NULL; i++)
-    g_assert_true (json_strv_contains (info, "media_types", audio_types[i]));
-  g_assert_true (json_strv_contains (info, "media_types", "image/png"));
+    g_assert_true (gmd_test_json_strv_contains (info, "media_types", audio_types[i]));
+  g_assert_true (gmd_test_json_strv_contains (info, "media_types", "image/png"));
 
   /* WAV as base64, greedy: twice the same answer */
   g_autoptr (GBytes) wav = audio_file ("speech-16k-mono-pcm16.wav");
@@ -251,7 +225,7 @@ assert_dbus_answer (GmdTestDbusStream *s)
   g_assert_false (s->seq_error);
   g_assert_cmpstr (gmd_test_summary_str (s->summary, "stop_reason"), ==, "max_tokens");
   g_assert_cmpuint (gmd_test_summary_uint (s->summary, "generated_tokens"), ==, 4);
-  g_assert_cmpuint (count_states (s->states, "encoding"), ==, 2);
+  g_assert_cmpuint (gmd_test_count_states (s->states, "encoding"), ==, 2);
 }
 
 /* A memfd holding bytes, appended to a new fd list; *idx its handle. */

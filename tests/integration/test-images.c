@@ -14,13 +14,7 @@
 static GBytes *
 image_file (const char *name)
 {
-  g_autofree char *path = g_build_filename (gmd_test_env ("GEMMAD_TEST_IMAGES"), name, NULL);
-  g_autoptr (GError) error = NULL;
-  char *data = NULL;
-  gsize len = 0;
-  g_file_get_contents (path, &data, &len, &error);
-  g_assert_no_error (error);
-  return g_bytes_new_take (data, len);
+  return gmd_test_data_file ("GEMMAD_TEST_IMAGES", name);
 }
 
 /* The first half of a JPEG: its header is intact, its scan data is cut. */
@@ -37,26 +31,6 @@ start_with_mmproj (void)
   return gmd_test_daemon_start ("--mmproj", gmd_test_env ("GEMMAD_TEST_MMPROJ"), NULL);
 }
 
-static gboolean
-json_strv_contains (JsonObject *o, const char *member, const char *s)
-{
-  JsonArray *a = json_object_get_array_member (o, member);
-  g_assert_nonnull (a);
-  for (guint i = 0; i < json_array_get_length (a); i++)
-    if (g_strcmp0 (json_array_get_string_element (a, i), s) == 0)
-      return TRUE;
-  return FALSE;
-}
-
-static guint
-count_states (GPtrArray *states, const char *state)
-{
-  guint n = 0;
-  for (guint i = 0; i < states->len; i++)
-    n += g_strcmp0 (states->pdata[i], state) == 0;
-  return n;
-}
-
 /* ---- socket ------------------------------------------------------------------------------ */
 
 static void
@@ -67,7 +41,7 @@ assert_image_answer (GmdTestStream *s, gint64 max_tokens)
   g_assert_nonnull (s->done);
   g_assert_cmpstr (gmd_test_done_str (s, "stop_reason"), ==, "max_tokens");
   g_assert_cmpint (gmd_test_done_int (s, "generated_tokens"), ==, max_tokens);
-  g_assert_cmpuint (count_states (s->states, "encoding"), >=, 1);
+  g_assert_cmpuint (gmd_test_count_states (s->states, "encoding"), >=, 1);
   g_assert_cmpuint (s->text->len, >, 0);
 }
 
@@ -79,10 +53,10 @@ test_socket (void)
 
   g_autoptr (JsonObject) msg = gmd_test_client_call (c, "\"i\"", "{\"type\":\"info\",\"id\":\"i\"}");
   JsonObject *info = gmd_test_assert_result (msg);
-  g_assert_true (json_strv_contains (info, "modalities", "text"));
-  g_assert_true (json_strv_contains (info, "modalities", "image"));
-  g_assert_true (json_strv_contains (info, "media_types", "image/png"));
-  g_assert_true (json_strv_contains (info, "media_types", "image/jpeg"));
+  g_assert_true (gmd_test_json_strv_contains (info, "modalities", "text"));
+  g_assert_true (gmd_test_json_strv_contains (info, "modalities", "image"));
+  g_assert_true (gmd_test_json_strv_contains (info, "media_types", "image/png"));
+  g_assert_true (gmd_test_json_strv_contains (info, "media_types", "image/jpeg"));
 
   /* PNG as base64, greedy: twice the same answer */
   g_autoptr (GBytes) png = image_file ("rgba8.png");
@@ -201,7 +175,7 @@ assert_dbus_answer (GmdTestDbusStream *s)
   g_assert_false (s->seq_error);
   g_assert_cmpstr (gmd_test_summary_str (s->summary, "stop_reason"), ==, "max_tokens");
   g_assert_cmpuint (gmd_test_summary_uint (s->summary, "generated_tokens"), ==, 4);
-  g_assert_cmpuint (count_states (s->states, "encoding"), >=, 1);
+  g_assert_cmpuint (gmd_test_count_states (s->states, "encoding"), >=, 1);
 }
 
 static void
