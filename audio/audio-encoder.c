@@ -19,6 +19,10 @@
  * form above (distance 12 is inside the context but always masked); a chunk is only a
  * window here. G = 1e10 (fp32 weights): a no-op on finite fp32 activations, kept so the
  * order of operations is HF's.
+ * Speed: every linear is one gm_matmul over all of the clip's tokens (the kernels' batched
+ * path: AMX / VNNI tiles for Q8_0), conv 1 is im2col chunks × one matmul, the attention
+ * is 12 dot products per query and head, and the elementwise steps between matmuls run on
+ * the pool, fused per row (clamps included) so each is one pass over the activations.
  */
 #include "audio-encoder.h"
 
@@ -62,7 +66,7 @@ struct au_layer {
 struct gm_audio_model {
     gm_gguf *g;
     uint32_t n_embd, n_ff, n_layer, n_head, head_dim, c0, c1, out_dim, proj_dim;
-    float *conv0, *norm0;   /* [c0][3][3], [c0] */
+    float *conv0, *norm0;   /* conv 0 transposed to [3·3][c0] (channels innermost), [c0] */
     float *conv1r, *norm1;  /* conv 1 reordered to [c1][a][b][c0] (im2col order), [c1] */
     gm_matrix conv1m;       /* F32 view of conv1r: rows c1, cols 9·c0 */
     gm_matrix in_proj;      /* rows H, cols 32·c1 */
@@ -309,18 +313,28 @@ static int au_load(gm_audio_model *m, gm_error *err)
     const int64_t ne0[4] = { 3, 3, 1, c0 }, ne1[4] = { 3, 3, c0, c1 };
     const int64_t nc0[1] = { c0 }, nc1[1] = { c1 }, hne[1] = { H }, dne[1] = { hd };
     float *conv1 = NULL;
-    if (!(m->conv0 = au_floats(g, "a.conv1d.0.weight", 4, ne0, err)) ||
+    float *conv0 = NULL;
+    if (!(conv0 = au_floats(g, "a.conv1d.0.weight", 4, ne0, err)) ||
         !(m->norm0 = au_floats(g, "a.conv1d.0.norm.weight", 1, nc0, err)) ||
         !(conv1 = au_floats(g, "a.conv1d.1.weight", 4, ne1, err)) ||
         !(m->norm1 = au_floats(g, "a.conv1d.1.norm.weight", 1, nc1, err))) {
+        free(conv0);
         free(conv1);
         return err ? err->code : GM_ERR_FORMAT;
     }
-    /* [c1][c0][a][b] → [c1][a][b][c0]: the im2col rows gather channels innermost. */
-    if (!(m->conv1r = malloc((size_t)(c1 * 9 * c0) * sizeof *m->conv1r))) {
+    /* conv 0 [c0][a][b] → [a][b][c0] (the channel loop runs over contiguous weights);
+     * conv 1 [c1][c0][a][b] → [c1][a][b][c0]: the im2col rows gather channels innermost. */
+    m->conv0 = malloc((size_t)(9 * c0) * sizeof *m->conv0);
+    m->conv1r = malloc((size_t)(c1 * 9 * c0) * sizeof *m->conv1r);
+    if (!m->conv0 || !m->conv1r) {
+        free(conv0);
         free(conv1);
         return gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory", g->path);
     }
+    for (int64_t c = 0; c < c0; c++)
+        for (int ab = 0; ab < 9; ab++)
+            m->conv0[ab * c0 + c] = conv0[c * 9 + ab];
+    free(conv0);
     for (int64_t o = 0; o < c1; o++)
         for (int64_t c = 0; c < c0; c++)
             for (int ab = 0; ab < 9; ab++)
@@ -453,16 +467,14 @@ typedef struct au_fwd {
     int64_t col_t0;        /* first output time row of the chunk */
     float *x1;             /* conv 1 output [n][32][c1] */
     float *h, *a, *q, *k, *v, *o, *big, *tmp;
-    /* generic row steps */
-    float *r_x;
-    int64_t r_cols;
-    float r_lo, r_hi;
-    const float *r_w;
 } au_fwd;
 
 static inline float au_clampf(float x, float lo, float hi)
 {
-    return x < lo ? lo : (x > hi ? hi : x);
+    /* max then min, in the operand order of maxps/minps (NaN passes through, as in
+     * torch.clamp), so the loops below vectorize to them */
+    x = lo > x ? lo : x;
+    return hi < x ? hi : x;
 }
 
 static void au_clampv(float *x, int64_t n, float lo, float hi)
@@ -486,13 +498,14 @@ static void au_rows_conv0(void *arg, int64_t r0, int64_t r1)
                     in[a * 3 + b] = (ti >= 0 && ti < T && fi >= 0 && fi < AU_MEL)
                                         ? f->feat[ti * AU_MEL + fi] : 0.0f;
                 }
+            /* per channel: taps summed in the order 0..8, as a dot product would */
             float *y = f->x0 + (t * AU_F1 + fo) * c0;
-            for (int64_t c = 0; c < c0; c++) {
-                const float *w = m->conv0 + c * 9;
-                float s = 0;
-                for (int j = 0; j < 9; j++)
-                    s += w[j] * in[j];
-                y[c] = s;
+            for (int64_t c = 0; c < c0; c++)
+                y[c] = 0.0f;
+            for (int j = 0; j < 9; j++) {
+                const float *w = m->conv0 + j * c0, v = in[j];
+                for (int64_t c = 0; c < c0; c++)
+                    y[c] += w[c] * v;
             }
             gm_layernorm(y, y, m->norm0, NULL, c0, AU_EPS);
             for (int64_t c = 0; c < c0; c++)
@@ -534,197 +547,253 @@ static void au_rows_norm1(void *arg, int64_t r0, int64_t r1)
     }
 }
 
-static void au_rows_clamp(void *arg, int64_t r0, int64_t r1)
+/* Row steps. Each clipped linear's clamps are fused into the elementwise step that
+ * produces its input or consumes its output, and consecutive row-local steps run in one
+ * pass (au_run) on rows still in cache: between two matmuls there is one pass over the
+ * activations, two where a step reads neighbouring rows (attention, depthwise conv). */
+static inline void au_clamp_in(const au_linear *l, float *x, int64_t n)
 {
-    au_fwd *f = arg;
-    au_clampv(f->r_x + r0 * f->r_cols, (r1 - r0) * f->r_cols, f->r_lo, f->r_hi);
+    if (l && l->clamp_in)
+        au_clampv(x, n, l->in_min, l->in_max);
 }
 
-/* tmp = clamp(x) */
-static void au_rows_clamp_copy(void *arg, int64_t r0, int64_t r1)
+static inline void au_clamp_out(const au_linear *l, float *x, int64_t n)
 {
-    au_fwd *f = arg;
-    const int64_t c = f->r_cols;
-    for (int64_t i = r0 * c; i < r1 * c; i++)
-        f->tmp[i] = au_clampf(f->r_x[i], f->r_lo, f->r_hi);
+    if (l && l->clamp_out)
+        au_clampv(x, n, l->out_min, l->out_max);
 }
 
-/* y = clamp_out(W · clamp_in(x)) over n rows; x is left as it is. */
-static void au_linear_apply(gm_pool *pool, au_fwd *f, const au_linear *l, float *x, float *y)
+typedef struct au_step au_step;
+typedef void (*au_step_fn)(const au_fwd *f, const au_step *s, int64_t i);
+struct au_step {
+    au_step_fn fn;
+    const float *w;             /* norm weight */
+    const au_linear *lin, *lin2;/* whose clamps the step applies */
+    float scale;
+};
+
+#define AU_MAX_STEPS 4
+typedef struct au_pass {
+    const au_fwd *f;
+    au_step s[AU_MAX_STEPS];
+    int n;
+} au_pass;
+
+static void au_rows_pass(void *arg, int64_t r0, int64_t r1)
 {
-    const int64_t n = f->n;
-    if (l->clamp_in) {
-        f->r_x = x;
-        f->r_cols = l->w.cols;
-        f->r_lo = l->in_min;
-        f->r_hi = l->in_max;
-        au_parallel(pool, n, au_rows_clamp_copy, f);
-        x = f->tmp;
-    }
-    gm_matmul(pool, &l->w, x, n, l->w.cols, y, l->w.rows);
-    if (l->clamp_out) {
-        f->r_x = y;
-        f->r_cols = l->w.rows;
-        f->r_lo = l->out_min;
-        f->r_hi = l->out_max;
-        au_parallel(pool, n, au_rows_clamp, f);
-    }
+    const au_pass *p = arg;
+    for (int64_t i = r0; i < r1; i++)
+        for (int k = 0; k < p->n; k++)
+            p->s[k].fn(p->f, &p->s[k], i);
 }
 
-/* a = RMSNorm(clamp_G(h); r_w) */
-static void au_rows_pre_norm(void *arg, int64_t r0, int64_t r1)
+/* Runs the steps (fn NULL = skipped) on every row, each row through all of them. */
+static void au_run(gm_pool *pool, const au_fwd *f, au_step s0, au_step s1, au_step s2, au_step s3)
 {
-    au_fwd *f = arg;
+    au_pass p = { .f = f };
+    const au_step in[AU_MAX_STEPS] = { s0, s1, s2, s3 };
+    for (int k = 0; k < AU_MAX_STEPS; k++)
+        if (in[k].fn)
+            p.s[p.n++] = in[k];
+    au_parallel(pool, f->n, au_rows_pass, &p);
+}
+
+#define AU_NONE ((au_step){ 0 })
+
+/* a = RMSNorm(clamp_G(h); w), then lin's input clamp when a feeds only that linear */
+static void au_row_pre_norm(const au_fwd *f, const au_step *s, int64_t i)
+{
     const int64_t H = f->m->n_embd;
-    for (int64_t i = r0; i < r1; i++) {
-        float *ai = f->a + i * H;
-        const float *hi = f->h + i * H;
-        for (int64_t j = 0; j < H; j++)
-            ai[j] = au_clampf(hi[j], -AU_GCLIP, AU_GCLIP);
-        gm_rmsnorm(ai, ai, f->r_w, H, AU_EPS);
-    }
+    float *ai = f->a + i * H;
+    const float *hi = f->h + i * H;
+    for (int64_t j = 0; j < H; j++)
+        ai[j] = au_clampf(hi[j], -AU_GCLIP, AU_GCLIP);
+    gm_rmsnorm(ai, ai, s->w, H, AU_EPS);
+    au_clamp_in(s->lin, ai, H);
 }
 
-/* big = silu(big) (rows of n_ff) */
-static void au_rows_silu(void *arg, int64_t r0, int64_t r1)
+/* q, k and v read the same normed row a, each through its own input clamp: the clamped
+ * copies go to tmp, tmp + n·H, tmp + 2n·H (unused where a linear has no clamp) */
+static void au_row_qkv_in(const au_fwd *f, const au_step *s, int64_t i)
 {
-    au_fwd *f = arg;
+    const struct au_layer *L = f->L;
+    const au_linear *lin[3] = { &L->q, &L->k, &L->v };
+    const int64_t H = f->m->n_embd;
+    const float *ai = f->a + i * H;
+    for (int j = 0; j < 3; j++) {
+        if (!lin[j]->clamp_in)
+            continue;
+        float *d = f->tmp + (j * f->n + i) * H;
+        for (int64_t c = 0; c < H; c++)
+            d[c] = au_clampf(ai[c], lin[j]->in_min, lin[j]->in_max);
+    }
+    (void)s;
+}
+
+/* big = clamp_in_down(silu(clamp_out_up(big))) (rows of n_ff) */
+static void au_row_silu(const au_fwd *f, const au_step *s, int64_t i)
+{
     const int64_t F = f->m->n_ff;
-    gm_silu(f->big + r0 * F, (r1 - r0) * F);
+    float *y = f->big + i * F;
+    au_clamp_out(s->lin, y, F);
+    gm_silu(y, F);
+    au_clamp_in(s->lin2, y, F);
 }
 
-/* h += r_lo · RMSNorm(clamp_G(a); r_w)  (FFN: r_lo = 0.5; attention: 1) */
-static void au_rows_post_add(void *arg, int64_t r0, int64_t r1)
+/* h += scale · RMSNorm(clamp_G(clamp_out(a)); w)  (FFN: scale 0.5; attention: 1) */
+static void au_row_post_add(const au_fwd *f, const au_step *s, int64_t i)
 {
-    au_fwd *f = arg;
     const int64_t H = f->m->n_embd;
-    for (int64_t i = r0; i < r1; i++) {
-        float *ai = f->a + i * H;
-        au_clampv(ai, H, -AU_GCLIP, AU_GCLIP);
-        gm_rmsnorm(ai, ai, f->r_w, H, AU_EPS);
-        gm_vec_axpy(f->h + i * H, f->r_lo, ai, H);
-    }
+    float *ai = f->a + i * H;
+    au_clamp_out(s->lin, ai, H);
+    au_clampv(ai, H, -AU_GCLIP, AU_GCLIP);
+    gm_rmsnorm(ai, ai, s->w, H, AU_EPS);
+    gm_vec_axpy(f->h + i * H, s->scale, ai, H);
 }
 
-static void au_ffn(gm_pool *pool, au_fwd *f, const float *pre, const au_linear *up,
-                   const au_linear *down, const float *post)
+/* q = clamp_out(q)·(hd^-½/ln2)·softplus(pds) per dim; k = clamp_out(k)·ln(1+e)/ln2;
+ * v = clamp_out(v) */
+static void au_row_qkv_out(const au_fwd *f, const au_step *s, int64_t i)
 {
-    f->r_w = pre;
-    au_parallel(pool, f->n, au_rows_pre_norm, f);
-    au_linear_apply(pool, f, up, f->a, f->big);
-    au_parallel(pool, f->n, au_rows_silu, f);
-    au_linear_apply(pool, f, down, f->big, f->a);
-    f->r_w = post;
-    f->r_lo = 0.5f;
-    au_parallel(pool, f->n, au_rows_post_add, f);
-}
-
-/* q ·= (hd^-½/ln2)·softplus(pds) per dim; k ·= ln(1+e)/ln2 */
-static void au_rows_qk_scale(void *arg, int64_t r0, int64_t r1)
-{
-    au_fwd *f = arg;
     const gm_audio_model *m = f->m;
+    const struct au_layer *L = f->L;
     const int64_t H = m->n_embd, hd = m->head_dim;
     const float ks = (float)(log1p(exp(1.0)) / log(2.0));
-    for (int64_t i = r0; i < r1; i++) {
-        for (uint32_t hh = 0; hh < m->n_head; hh++)
-            gm_vec_mul(f->q + i * H + hh * hd, f->L->qs, hd);
-        gm_vec_scale(f->k + i * H, ks, H);
-    }
+    float *q = f->q + i * H, *k = f->k + i * H;
+    au_clamp_out(&L->q, q, H);
+    au_clamp_out(&L->k, k, H);
+    au_clamp_out(&L->v, f->v + i * H, H);
+    for (uint32_t hh = 0; hh < m->n_head; hh++)
+        gm_vec_mul(q + hh * hd, L->qs, hd);
+    gm_vec_scale(k, ks, H);
+    (void)s;
 }
 
-/* Local attention of query rows: keys t−11..t (≥ 0), logit q·k_s + q·R(t−s), softcap 50. */
-static void au_rows_attn(void *arg, int64_t r0, int64_t r1)
+/* Local attention of query row t: keys t−11..t (≥ 0), logit q·k_s + q·R(t−s), softcap 50;
+ * then attn_out's input clamp. */
+static void au_row_attn(const au_fwd *f, const au_step *s, int64_t t)
 {
-    au_fwd *f = arg;
     const gm_audio_model *m = f->m;
     const int64_t H = m->n_embd, hd = m->head_dim;
     const float *rel = f->L->rel;
-    for (int64_t t = r0; t < r1; t++) {
-        const int64_t nk = t + 1 < AU_WINDOW ? t + 1 : AU_WINDOW;
-        float *ot = f->o + t * H;
-        memset(ot, 0, (size_t)H * sizeof *ot);
-        for (uint32_t hh = 0; hh < m->n_head; hh++) {
-            const int64_t off = hh * hd;
-            const float *qt = f->q + t * H + off;
-            float sc[AU_WINDOW];
-            for (int64_t d = 0; d < nk; d++)
-                sc[d] = gm_vec_dot_f32(qt, f->k + (t - d) * H + off, hd) +
-                        gm_vec_dot_f32(qt, rel + d * H + off, hd);
-            gm_softcap(sc, nk, AU_CAP);
-            gm_softmax(sc, nk);
-            for (int64_t d = 0; d < nk; d++)
-                gm_vec_axpy(ot + off, sc[d], f->v + (t - d) * H + off, hd);
-        }
+    const int64_t nk = t + 1 < AU_WINDOW ? t + 1 : AU_WINDOW;
+    float *ot = f->o + t * H;
+    memset(ot, 0, (size_t)H * sizeof *ot);
+    for (uint32_t hh = 0; hh < m->n_head; hh++) {
+        const int64_t off = hh * hd;
+        const float *qt = f->q + t * H + off;
+        float sc[AU_WINDOW];
+        for (int64_t d = 0; d < nk; d++)
+            sc[d] = gm_vec_dot_f32(qt, f->k + (t - d) * H + off, hd) +
+                    gm_vec_dot_f32(qt, rel + d * H + off, hd);
+        gm_softcap(sc, nk, AU_CAP);
+        gm_softmax(sc, nk);
+        for (int64_t d = 0; d < nk; d++)
+            gm_vec_axpy(ot + off, sc[d], f->v + (t - d) * H + off, hd);
     }
+    au_clamp_in(&f->L->o, ot, H);
+    (void)s;
 }
 
-/* a = RMSNorm(h; conv_pre_norm) — no clamp before this one in HF */
-static void au_rows_conv_pre(void *arg, int64_t r0, int64_t r1)
+/* a = RMSNorm(h; conv_pre_norm) — no clamp before this one in HF — then linear_start's
+ * input clamp */
+static void au_row_conv_pre(const au_fwd *f, const au_step *s, int64_t i)
 {
-    au_fwd *f = arg;
     const int64_t H = f->m->n_embd;
-    for (int64_t i = r0; i < r1; i++)
-        gm_rmsnorm(f->a + i * H, f->h + i * H, f->L->conv_pre_norm, H, AU_EPS);
+    float *ai = f->a + i * H;
+    gm_rmsnorm(ai, f->h + i * H, f->L->conv_pre_norm, H, AU_EPS);
+    au_clamp_in(&f->L->pw1, ai, H);
+    (void)s;
 }
 
-/* GLU: row i of o = first half of big row i · sigmoid(second half) */
-static void au_rows_glu(void *arg, int64_t r0, int64_t r1)
+/* GLU of linear_start's clamped output: row i of o = first half · sigmoid(second half) */
+static void au_row_glu(const au_fwd *f, const au_step *s, int64_t i)
 {
-    au_fwd *f = arg;
     const int64_t H = f->m->n_embd;
-    for (int64_t i = r0; i < r1; i++) {
-        const float *y = f->big + i * 2 * H;
-        float *g = f->o + i * H;
-        for (int64_t c = 0; c < H; c++)
-            g[c] = y[c] / (1.0f + expf(-y[H + c]));
-    }
+    float *y = f->big + i * 2 * H;
+    float *g = f->o + i * H;
+    au_clamp_out(&f->L->pw1, y, 2 * H);
+    for (int64_t c = 0; c < H; c++)
+        g[c] = y[c] / (1.0f + expf(-y[H + c]));
+    (void)s;
 }
 
 /* Causal depthwise conv (k = 5, left pad 4) of o into a, clamp, RMSNorm(norm_conv), SiLU,
  * then linear_end's input clamp in place (a is not read again). */
-static void au_rows_dwconv(void *arg, int64_t r0, int64_t r1)
+static void au_row_dwconv(const au_fwd *f, const au_step *s, int64_t t)
 {
-    au_fwd *f = arg;
     const struct au_layer *L = f->L;
     const int64_t H = f->m->n_embd;
-    for (int64_t t = r0; t < r1; t++) {
-        float *z = f->a + t * H;
-        for (int64_t c = 0; c < H; c++) {
-            const float *w = L->dw + c * AU_KERNEL;
-            float s = 0;
-            for (int j = 0; j < AU_KERNEL; j++) {
-                int64_t ti = t - (AU_KERNEL - 1) + j;
-                if (ti >= 0)
-                    s += w[j] * f->o[ti * H + c];
-            }
-            z[c] = au_clampf(s, -AU_GCLIP, AU_GCLIP);
+    float *z = f->a + t * H;
+    for (int64_t c = 0; c < H; c++) {
+        const float *w = L->dw + c * AU_KERNEL;
+        float acc = 0;
+        for (int j = 0; j < AU_KERNEL; j++) {
+            int64_t ti = t - (AU_KERNEL - 1) + j;
+            if (ti >= 0)
+                acc += w[j] * f->o[ti * H + c];
         }
-        gm_rmsnorm(z, z, L->conv_post_norm, H, AU_EPS);
-        gm_silu(z, H);
-        if (L->pw2.clamp_in)
-            au_clampv(z, H, L->pw2.in_min, L->pw2.in_max);
+        z[c] = au_clampf(acc, -AU_GCLIP, AU_GCLIP);
     }
+    gm_rmsnorm(z, z, L->conv_post_norm, H, AU_EPS);
+    gm_silu(z, H);
+    au_clamp_in(&L->pw2, z, H);
+    (void)s;
 }
 
-/* h += a  (after linear_end) */
-static void au_rows_add(void *arg, int64_t r0, int64_t r1)
+/* h += clamp_out(o)  (linear_end) */
+static void au_row_add_pw2(const au_fwd *f, const au_step *s, int64_t i)
 {
-    au_fwd *f = arg;
     const int64_t H = f->m->n_embd;
-    gm_vec_add(f->h + r0 * H, f->a + r0 * H, (r1 - r0) * H);
+    float *oi = f->o + i * H;
+    au_clamp_out(&f->L->pw2, oi, H);
+    gm_vec_add(f->h + i * H, oi, H);
+    (void)s;
 }
 
 /* h = RMSNorm(clamp_G(h); norm_out) */
-static void au_rows_out_norm(void *arg, int64_t r0, int64_t r1)
+static void au_row_out_norm(const au_fwd *f, const au_step *s, int64_t i)
 {
-    au_fwd *f = arg;
     const int64_t H = f->m->n_embd;
-    for (int64_t i = r0; i < r1; i++) {
-        float *hi = f->h + i * H;
-        au_clampv(hi, H, -AU_GCLIP, AU_GCLIP);
-        gm_rmsnorm(hi, hi, f->L->out_norm, H, AU_EPS);
-    }
+    float *hi = f->h + i * H;
+    au_clampv(hi, H, -AU_GCLIP, AU_GCLIP);
+    gm_rmsnorm(hi, hi, s->w, H, AU_EPS);
+}
+
+/* output_proj's input clamp (if the file has bounds) into tmp */
+static void au_row_tower_in(const au_fwd *f, const au_step *s, int64_t i)
+{
+    const int64_t H = f->m->n_embd;
+    const float *hi = f->h + i * H;
+    float *d = f->tmp + i * H;
+    for (int64_t c = 0; c < H; c++)
+        d[c] = au_clampf(hi[c], s->lin->in_min, s->lin->in_max);
+}
+
+/* output_proj row: clamp_out (if the file has bounds), + bias, then embed_audio's RMSNorm
+ * (weightless unless the file has soft_emb_norm); tower_out is kept before the norm */
+static void au_row_tower_bias(const au_fwd *f, const au_step *s, int64_t i)
+{
+    const gm_audio_model *m = f->m;
+    const int64_t O = m->out_dim;
+    float *y = f->big + i * O;
+    au_clamp_out(&m->out_proj, y, O);
+    gm_vec_add(y, m->out_bias, O);
+    (void)s;
+}
+
+static void au_row_soft_norm(const au_fwd *f, const au_step *s, int64_t i)
+{
+    const gm_audio_model *m = f->m;
+    const int64_t O = m->out_dim;
+    gm_rmsnorm(f->big + i * O, f->big + i * O, m->soft_norm, O, AU_EPS);
+    (void)s;
+}
+
+/* y = W·x over the n rows */
+static void au_mm(gm_pool *pool, const au_fwd *f, const gm_matrix *w, const float *x, float *y)
+{
+    gm_matmul(pool, w, x, f->n, w->cols, y, w->rows);
 }
 
 /* Floats of im2col rows per chunk of conv 1 (bounded scratch, ~16 MiB). */
@@ -752,7 +821,8 @@ int gm_audio_encode_checkpoints(const gm_audio_model *m, gm_pool *pool, const fl
     int64_t wide = F > 2 * H ? F : 2 * H;
     if (O > wide)
         wide = O;
-    const int64_t tmpw = wide > AU_F2 * c1 ? wide : AU_F2 * c1;
+    /* tmp holds the clamped inputs of q, k and v side by side (3 × n × H) */
+    const int64_t tmpw = wide > 3 * H ? wide : 3 * H;
     /* Scratch: conv 0 output and im2col rows (freed after subsampling), then the block
      * activations. */
     size_t n_sub = (size_t)(T1 * AU_F1 * c0) + (size_t)(rows_chunk * AU_F2 * K1) +
@@ -792,42 +862,45 @@ int gm_audio_encode_checkpoints(const gm_audio_model *m, gm_pool *pool, const fl
     if (ck && ck->subsampled)
         memcpy(ck->subsampled, f.h, (size_t)(n * H) * sizeof *f.h);
 
+    /* Conformer blocks. The first FFN's pre-norm runs with the previous block's last
+     * steps (the first block's alone). */
+    if (m->n_layer)
+        au_run(pool, &f, (au_step){ .fn = au_row_pre_norm, .w = m->layers[0].ffn_norm, .lin = &m->layers[0].up },
+               AU_NONE, AU_NONE, AU_NONE);
     for (uint32_t il = 0; il < m->n_layer; il++) {
         const struct au_layer *L = &m->layers[il];
+        const struct au_layer *next = il + 1 < m->n_layer ? &m->layers[il + 1] : NULL;
         f.L = L;
-        au_ffn(pool, &f, L->ffn_norm, &L->up, &L->down, L->ffn_post_norm);
-
-        f.r_w = L->attn_pre_norm;
-        au_parallel(pool, n, au_rows_pre_norm, &f);
-        au_linear_apply(pool, &f, &L->q, f.a, f.q);
-        au_linear_apply(pool, &f, &L->k, f.a, f.k);
-        au_linear_apply(pool, &f, &L->v, f.a, f.v);
-        au_parallel(pool, n, au_rows_qk_scale, &f);
-        au_parallel(pool, n, au_rows_attn, &f);
-        au_linear_apply(pool, &f, &L->o, f.o, f.a);
-        f.r_w = L->attn_post_norm;
-        f.r_lo = 1.0f;
-        au_parallel(pool, n, au_rows_post_add, &f);
-
-        au_parallel(pool, n, au_rows_conv_pre, &f);
-        au_linear_apply(pool, &f, &L->pw1, f.a, f.big);
-        au_parallel(pool, n, au_rows_glu, &f);
-        au_parallel(pool, n, au_rows_dwconv, &f);
-        gm_matmul(pool, &L->pw2.w, f.a, n, H, f.o, H);
-        if (L->pw2.clamp_out) {
-            f.r_x = f.o;
-            f.r_cols = H;
-            f.r_lo = L->pw2.out_min;
-            f.r_hi = L->pw2.out_max;
-            au_parallel(pool, n, au_rows_clamp, &f);
-        }
-        float *a_save = f.a;
-        f.a = f.o; /* h += linear_end output */
-        au_parallel(pool, n, au_rows_add, &f);
-        f.a = a_save;
-
-        au_ffn(pool, &f, L->ffn_norm_1, &L->up_1, &L->down_1, L->ffn_post_norm_1);
-        au_parallel(pool, n, au_rows_out_norm, &f);
+        /* FFN half-step 1, then attention's pre-norm and the q/k/v input clamps */
+        au_mm(pool, &f, &L->up.w, f.a, f.big);
+        au_run(pool, &f, (au_step){ .fn = au_row_silu, .lin = &L->up, .lin2 = &L->down }, AU_NONE, AU_NONE, AU_NONE);
+        au_mm(pool, &f, &L->down.w, f.big, f.a);
+        au_run(pool, &f, (au_step){ .fn = au_row_post_add, .w = L->ffn_post_norm, .lin = &L->down, .scale = 0.5f },
+               (au_step){ .fn = au_row_pre_norm, .w = L->attn_pre_norm }, (au_step){ .fn = au_row_qkv_in }, AU_NONE);
+        /* attention */
+        au_mm(pool, &f, &L->q.w, L->q.clamp_in ? f.tmp : f.a, f.q);
+        au_mm(pool, &f, &L->k.w, L->k.clamp_in ? f.tmp + n * H : f.a, f.k);
+        au_mm(pool, &f, &L->v.w, L->v.clamp_in ? f.tmp + 2 * n * H : f.a, f.v);
+        au_run(pool, &f, (au_step){ .fn = au_row_qkv_out }, AU_NONE, AU_NONE, AU_NONE);
+        au_run(pool, &f, (au_step){ .fn = au_row_attn }, AU_NONE, AU_NONE, AU_NONE);
+        au_mm(pool, &f, &L->o.w, f.o, f.a);
+        /* light conv module */
+        au_run(pool, &f, (au_step){ .fn = au_row_post_add, .w = L->attn_post_norm, .lin = &L->o, .scale = 1.0f },
+               (au_step){ .fn = au_row_conv_pre }, AU_NONE, AU_NONE);
+        au_mm(pool, &f, &L->pw1.w, f.a, f.big);
+        au_run(pool, &f, (au_step){ .fn = au_row_glu }, AU_NONE, AU_NONE, AU_NONE);
+        au_run(pool, &f, (au_step){ .fn = au_row_dwconv }, AU_NONE, AU_NONE, AU_NONE);
+        au_mm(pool, &f, &L->pw2.w, f.a, f.o);
+        /* FFN half-step 2, norm_out, and the next block's first pre-norm */
+        au_run(pool, &f, (au_step){ .fn = au_row_add_pw2 },
+               (au_step){ .fn = au_row_pre_norm, .w = L->ffn_norm_1, .lin = &L->up_1 }, AU_NONE, AU_NONE);
+        au_mm(pool, &f, &L->up_1.w, f.a, f.big);
+        au_run(pool, &f, (au_step){ .fn = au_row_silu, .lin = &L->up_1, .lin2 = &L->down_1 }, AU_NONE, AU_NONE,
+               AU_NONE);
+        au_mm(pool, &f, &L->down_1.w, f.big, f.a);
+        au_run(pool, &f, (au_step){ .fn = au_row_post_add, .w = L->ffn_post_norm_1, .lin = &L->down_1, .scale = 0.5f },
+               (au_step){ .fn = au_row_out_norm, .w = L->out_norm },
+               next ? (au_step){ .fn = au_row_pre_norm, .w = next->ffn_norm, .lin = &next->up } : AU_NONE, AU_NONE);
         if (il == 0 && ck && ck->layer0)
             memcpy(ck->layer0, f.h, (size_t)(n * H) * sizeof *f.h);
     }
@@ -837,15 +910,14 @@ int gm_audio_encode_checkpoints(const gm_audio_model *m, gm_pool *pool, const fl
     /* output_proj (with bias; clamped if the file has bounds, as llama.cpp does for any
      * weight with them), then embed_audio: weightless RMSNorm (× soft_emb_norm if the file
      * has one) and the projection to the text width. */
-    float *tw = f.big;
-    au_linear_apply(pool, &f, &m->out_proj, f.h, tw);
-    for (int64_t i = 0; i < n; i++)
-        gm_vec_add(tw + i * O, m->out_bias, O);
+    if (m->out_proj.clamp_in)
+        au_run(pool, &f, (au_step){ .fn = au_row_tower_in, .lin = &m->out_proj }, AU_NONE, AU_NONE, AU_NONE);
+    au_mm(pool, &f, &m->out_proj.w, m->out_proj.clamp_in ? f.tmp : f.h, f.big);
+    au_run(pool, &f, (au_step){ .fn = au_row_tower_bias }, AU_NONE, AU_NONE, AU_NONE);
     if (ck && ck->tower_out)
-        memcpy(ck->tower_out, tw, (size_t)(n * O) * sizeof *tw);
-    for (int64_t i = 0; i < n; i++)
-        gm_rmsnorm(tw + i * O, tw + i * O, m->soft_norm, O, AU_EPS);
-    gm_matmul(pool, &m->mm_proj, tw, n, O, out, m->proj_dim);
+        memcpy(ck->tower_out, f.big, (size_t)(n * O) * sizeof *f.big);
+    au_run(pool, &f, (au_step){ .fn = au_row_soft_norm }, AU_NONE, AU_NONE, AU_NONE);
+    au_mm(pool, &f, &m->mm_proj, f.big, out);
     free(buf);
     return GM_OK;
 }

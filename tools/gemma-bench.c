@@ -6,7 +6,8 @@
  * Bandwidth: threads stream through a 1 GiB buffer (best of a few runs); the decode's
  * achieved bandwidth is the bytes of weights one token reads times tokens/s.
  * Image mode (--mmproj, --image): decode, preprocess and vision-encoder times of one
- * image file, no text model involved.
+ * image file, no text model involved. Audio mode (--mmproj, --audio): decode, resample,
+ * log-mel and audio-encoder times of one sound file (every 30 s clip), likewise.
  * Usage in docs/tools.md. Exit codes: 0 ok, 1 usage, 2 model load error, 3 runtime error.
  */
 #include <math.h>
@@ -21,6 +22,7 @@
 #include "decoder/context.h"
 #include "decoder/model.h"
 #include "tool-common.h"
+#include "audio/audio-embed.h"
 #include "vision/image-embed.h"
 
 static const char *prog = "gemma-bench";
@@ -31,7 +33,7 @@ static const char *prog = "gemma-bench";
 
 typedef struct options {
     const char *model;
-    const char *mmproj, *image;
+    const char *mmproj, *image, *audio;
     long p, n, reps, threads, ctx, batch, seed, image_tokens;
     bool json;
 } options;
@@ -43,6 +45,7 @@ static void usage(FILE *f)
         "                   [--batch N] [--seed N] [--json]\n"
         "       gemma-bench --mmproj MMPROJ.gguf --image FILE [--image-tokens 280] [-r 5]\n"
         "                   [--threads N] [--json]\n"
+        "       gemma-bench --mmproj MMPROJ.gguf --audio FILE [-r 5] [--threads N] [--json]\n"
         "\n"
         "  -p N          prompt-processing test: N random token ids (0 = skip)\n"
         "  -n N          generation test: N tokens one at a time after a %d-token prompt (0 = skip)\n"
@@ -56,7 +59,12 @@ static void usage(FILE *f)
         "image mode (no text model): times of decoding, preprocessing and encoding one PNG/JPEG\n"
         "  --mmproj FILE       gemma4v vision mmproj GGUF\n"
         "  --image FILE        the image\n"
-        "  --image-tokens N    soft-token budget: 70, 140, 280 (default), 560 or 1120\n",
+        "  --image-tokens N    soft-token budget: 70, 140, 280 (default), 560 or 1120\n"
+        "\n"
+        "audio mode (no text model): times of decoding, resampling to 16 kHz, log-mel features\n"
+        "and encoding one sound file (WAV, FLAC, Ogg Vorbis/Opus, MP3, ...; every 30 s clip)\n"
+        "  --mmproj FILE       mmproj GGUF with a gemma4a audio encoder\n"
+        "  --audio FILE        the sound file\n",
         TG_PROMPT);
 }
 
@@ -398,6 +406,178 @@ out:
     return exit_code;
 }
 
+/* ---- audio mode ------------------------------------------------------------------------ */
+
+enum { AST_DECODE, AST_RESAMPLE, AST_FEATURES, AST_ENCODE, AST_TOTAL, AST_COUNT };
+static const char *const astage_names[AST_COUNT] = { "decode", "resample", "features", "encode", "total" };
+
+/* One sound file through gm_audio_embed -r times after a warm-up; per-stage wall times. */
+static int audio_bench(const options *o)
+{
+    int exit_code = TOOL_EXIT_OK;
+    gm_error err = { 0 };
+    gm_pool *pool = NULL;
+    gm_audio_embedding e = { 0 };
+    stats st[AST_COUNT] = { { 0 } };
+    uint8_t *data = NULL;
+    size_t len = 0;
+    char *name = NULL;
+
+    FILE *f = fopen(o->audio, "rb");
+    if (f) {
+        data = (uint8_t *)tool_read_all(f, &len);
+        fclose(f);
+    }
+    if (!data) {
+        fprintf(stderr, "%s: %s: cannot read the sound file\n", prog, o->audio);
+        return TOOL_EXIT_USAGE;
+    }
+    double loadavg = -1;
+    getloadavg(&loadavg, 1);
+    double t0 = tool_now();
+    gm_audio_model *am = gm_audio_model_load(o->mmproj, &err);
+    if (!am) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        free(data);
+        return TOOL_EXIT_LOAD;
+    }
+    double load_s = tool_now() - t0;
+    long rss_load = tool_rss_kib();
+    /* general.name and the matrices' types (all of the file's tensors, both towers) */
+    type_bytes tb;
+    memset(&tb, 0, sizeof tb);
+    gm_gguf *g = gm_gguf_open(o->mmproj, &err);
+    if (g) {
+        if (gm_gguf_get_str(g, "general.name", &name, &err) != GM_OK)
+            name = NULL;
+        count_types(g, &tb);
+        gm_gguf_close(g);
+    }
+    gm_error_clear(&err);
+    const char *shown = name ? name : o->mmproj;
+    long long fsize = tool_file_size(o->mmproj);
+
+    pool = gm_pool_create((int)o->threads);
+    bool ok = pool != NULL;
+    for (int i = 0; i < AST_COUNT; i++)
+        ok = (st[i].samples = calloc((size_t)o->reps, sizeof(double))) != NULL && ok;
+    if (!ok) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        exit_code = TOOL_EXIT_RUNTIME;
+        goto out;
+    }
+    const int nth = gm_pool_size(pool);
+    if (!o->json) {
+        fprintf(stderr, "%s: %s: %s, audio width %u, projection %u\n", prog, o->mmproj, shown,
+                gm_audio_model_hidden(am), gm_audio_model_projection_dim(am));
+        fprintf(stderr, "%s: load %.1f ms, RSS after load %.1f MiB, file %.1f MiB\n", prog, load_s * 1e3,
+                rss_load / 1024.0, (double)fsize / (1u << 20));
+        fprintf(stderr, "%s: threads %d, isa %s, cpu: %s, load average %.2f\n", prog, nth,
+                gm_isa_name(gm_cpu_best_isa()), gm_cpu_describe(), loadavg);
+    }
+    /* Warm-up: maps the weights in and sizes the kernels' scratch buffers. */
+    for (long r = -1; r < o->reps; r++) {
+        gm_audio_embedding_free(&e);
+        if (gm_audio_embed(am, pool, data, len, NULL, &e, &err) != GM_OK) {
+            fprintf(stderr, "%s: %s: %s\n", prog, o->audio, err.msg);
+            exit_code = TOOL_EXIT_RUNTIME;
+            goto out;
+        }
+        if (r < 0)
+            continue;
+        double v[AST_COUNT] = { e.decode_s * 1e3, e.resample_s * 1e3, e.features_s * 1e3, e.encode_s * 1e3,
+                                (e.decode_s + e.resample_s + e.features_s + e.encode_s) * 1e3 };
+        for (int i = 0; i < AST_COUNT; i++)
+            st[i].samples[st[i].n++] = v[i];
+        if (!o->json)
+            fprintf(stderr, "%s: audio rep %ld: decode %.1f ms, resample %.1f ms, features %.1f ms, encode %.1f ms\n",
+                    prog, r + 1, v[0], v[1], v[2], v[3]);
+    }
+    for (int i = 0; i < AST_COUNT; i++)
+        stats_compute(&st[i]);
+
+    /* The last run's soft tokens: finite, and their size (synthetic towers give rms ~1). */
+    size_t n_out = 0, n_bad = 0, n_tok = 0, n_frames = 0;
+    double sq = 0;
+    for (size_t k = 0; k < e.n_clips; k++) {
+        const gm_audio_clip_embedding *c = &e.clips[k];
+        n_tok += c->n_soft_tokens;
+        n_frames += c->n_frames;
+        for (size_t i = 0; i < (size_t)c->n_soft_tokens * e.n_embd; i++) {
+            if (!isfinite(c->embd[i]))
+                n_bad++;
+            else
+                sq += (double)c->embd[i] * c->embd[i];
+        }
+        n_out += (size_t)c->n_soft_tokens * e.n_embd;
+    }
+    const double rms = n_out > n_bad ? sqrt(sq / (double)(n_out - n_bad)) : 0.0;
+    if (n_bad) {
+        fprintf(stderr, "%s: %zu of %zu soft-token values are not finite\n", prog, n_bad, n_out);
+        exit_code = TOOL_EXIT_RUNTIME;
+    }
+
+    if (o->json) {
+        FILE *jf = stdout;
+        fprintf(jf, "{\n  \"mmproj\": ");
+        json_str(jf, o->mmproj);
+        fprintf(jf, ",\n  \"mmproj_name\": ");
+        json_str(jf, shown);
+        fprintf(jf, ",\n  \"mmproj_size\": %lld,\n  \"n_params\": %.0f,\n  \"types\": {", fsize, tb.params);
+        bool first = true;
+        for (int t = 0; t < GM_TYPE_COUNT; t++) {
+            if (tb.bytes[t] <= 0)
+                continue;
+            fprintf(jf, "%s\"%s\": %.0f", first ? "" : ", ", gm_type_name((uint32_t)t), tb.bytes[t]);
+            first = false;
+        }
+        fprintf(jf, "},\n  \"audio\": ");
+        json_str(jf, o->audio);
+        fprintf(jf, ",\n  \"format\": ");
+        json_str(jf, e.format);
+        fprintf(jf, ",\n  \"src_rate\": %u,\n  \"src_channels\": %u,\n  \"seconds\": %.4f,\n"
+                    "  \"n_clips\": %zu,\n  \"n_frames\": %zu,\n  \"n_soft_tokens\": %zu,\n  \"n_embd\": %u,\n"
+                    "  \"audio_width\": %u,\n  \"soft_token_rms\": %.6f,\n  \"threads\": %d,\n  \"isa\": \"%s\",\n"
+                    "  \"cpu_features\": ",
+                e.src_rate, e.src_channels, e.seconds, e.n_clips, n_frames, n_tok, e.n_embd,
+                gm_audio_model_hidden(am), rms, nth, gm_isa_name(gm_cpu_best_isa()));
+        json_str(jf, gm_cpu_describe());
+        fprintf(jf, ",\n  \"loadavg_1m\": %.2f,\n  \"load_ms\": %.3f,\n  \"rss_after_load_kib\": %ld", loadavg,
+                load_s * 1e3, rss_load);
+        for (int i = 0; i < AST_COUNT; i++) {
+            fprintf(jf, ",\n  \"%s_ms\": {\"reps\": %d, \"mean\": %.4f, \"stddev\": %.4f, \"samples\": [",
+                    astage_names[i], st[i].n, st[i].mean, st[i].sd);
+            for (int k = 0; k < st[i].n; k++)
+                fprintf(jf, "%s%.4f", k ? ", " : "", st[i].samples[k]);
+            fprintf(jf, "]}");
+        }
+        fprintf(jf, "\n}\n");
+    } else {
+        printf("| mmproj | size | threads | audio | clips | soft tokens | stage | ms |\n"
+               "|---|---|---|---|---|---|---|---|\n");
+        for (int i = 0; i < AST_COUNT; i++)
+            printf("| %s | %.1f MiB | %d | %s %.2f s %u Hz × %u | %zu | %zu | %s | %.2f ± %.2f |\n", shown,
+                   (double)fsize / (1u << 20), nth, e.format, e.seconds, e.src_rate, e.src_channels, e.n_clips,
+                   n_tok, astage_names[i], st[i].mean, st[i].sd);
+        printf("\nload %.1f ms, RSS after load %.1f MiB\n", load_s * 1e3, rss_load / 1024.0);
+        printf("soft tokens: %zu × %u from %zu frames in %zu clip%s, rms %.4f%s\n", n_tok, e.n_embd, n_frames,
+               e.n_clips, e.n_clips == 1 ? "" : "s", rms, n_bad ? " (NOT ALL FINITE)" : "");
+        printf("encode: %.1f soft tokens/s; whole pipeline %.1f× real time\n",
+               st[AST_ENCODE].mean > 0 ? (double)n_tok / (st[AST_ENCODE].mean * 1e-3) : 0.0,
+               st[AST_TOTAL].mean > 0 ? e.seconds / (st[AST_TOTAL].mean * 1e-3) : 0.0);
+    }
+
+out:
+    for (int i = 0; i < AST_COUNT; i++)
+        free(st[i].samples);
+    gm_audio_embedding_free(&e);
+    gm_pool_destroy(pool);
+    gm_audio_model_free(am);
+    free(name);
+    free(data);
+    return exit_code;
+}
+
 int main(int argc, char **argv)
 {
     options o = { .p = 512, .n = 128, .reps = 5, .seed = 1, .image_tokens = 280 };
@@ -417,6 +597,7 @@ int main(int argc, char **argv)
             tool_opt_long(&a, "--batch", "-b", 0, 1L << 20, &o.batch) ||
             tool_opt_long(&a, "--seed", NULL, 0, (long)(~0UL >> 1), &o.seed) ||
             tool_opt_str(&a, "--mmproj", NULL, &o.mmproj) || tool_opt_str(&a, "--image", NULL, &o.image) ||
+            tool_opt_str(&a, "--audio", NULL, &o.audio) ||
             tool_opt_long(&a, "--image-tokens", NULL, 1, 1L << 20, &o.image_tokens))
             continue;
         if (tool_flag(&a, "--json", NULL)) {
@@ -428,6 +609,21 @@ int main(int argc, char **argv)
     }
     if (a.error)
         return TOOL_EXIT_USAGE;
+    if (o.audio) {
+        if (!o.mmproj) {
+            fprintf(stderr, "%s: the audio mode needs --mmproj FILE with --audio FILE\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        if (o.image) {
+            fprintf(stderr, "%s: give --image or --audio, not both\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        if (o.model) {
+            fprintf(stderr, "%s: the audio mode takes no text model (-m)\n", prog);
+            return TOOL_EXIT_USAGE;
+        }
+        return audio_bench(&o);
+    }
     if (o.mmproj || o.image) {
         if (!o.mmproj || !o.image) {
             fprintf(stderr, "%s: the image mode needs both --mmproj FILE and --image FILE\n", prog);

@@ -1,5 +1,5 @@
-/* gemma-mkmodel — writes synthetic Gemma 4 text GGUFs (presets with overrides) or vision
- * mmproj GGUFs, or requantizes an existing gemma4 GGUF. See docs/tools.md. */
+/* gemma-mkmodel — writes synthetic Gemma 4 text GGUFs (presets with overrides) or
+ * vision + audio mmproj GGUFs, or requantizes an existing gemma4 GGUF. See docs/tools.md. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -13,11 +13,13 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: gemma-mkmodel --preset NAME [options] -o OUT.gguf\n"
-        "       gemma-mkmodel --mmproj-preset NAME [--type T] [--seed N] [--projection-dim N] -o OUT.gguf\n"
+        "       gemma-mkmodel --mmproj-preset NAME [--type T] [--seed N] [--projection-dim N]\n"
+        "                     [--no-audio | --no-vision] -o OUT.gguf\n"
         "       gemma-mkmodel --from IN.gguf --type T [--drop-shared-kv] [--threads N] -o OUT.gguf\n"
         "\n"
         "Writes a Gemma 4 text GGUF with seeded synthetic weights, in llama.cpp's tensor\n"
-        "names, shapes and metadata keys, or a gemma4v vision mmproj GGUF the same way; or\n"
+        "names, shapes and metadata keys, or a gemma4v + gemma4a (vision + audio) mmproj GGUF\n"
+        "the same way; or\n"
         "converts the matrices of an existing gemma4 GGUF to another type (like llama-quantize).\n"
         "\n"
         "  --preset NAME        tiny | test | e2b | e4b\n"
@@ -38,12 +40,17 @@ static void usage(FILE *f)
         "  --rope-theta F (full) --rope-theta-swa F --partial-rotary F --softcap F (0 = none)\n"
         "  --k-eq-v --no-layer-scale --bidir none|vision|omit\n"
         "\n"
-        "vision mmproj (clipped linears, as E2B/E4B):\n"
-        "  --mmproj-preset NAME tiny (hidden 64, 2 layers, projection 64 = the tiny text model)\n"
-        "                       | e2b (hidden 768, 16 layers, 12 heads, FFN 3072, projection 1536)\n"
-        "                       | e4b (the same tower, projection 2560)\n"
-        "  --type T             linears and projection: f32 f16 (default) bf16 q8_0 (norms,\n"
-        "                       tables, clamps stay f32; the patch kernel is f32/bf16/f16)\n"
+        "mmproj with both towers, as the E2B/E4B files (clipped linears):\n"
+        "  --mmproj-preset NAME tiny (vision hidden 64, 2 layers; audio hidden 64, 2 blocks,\n"
+        "                       output_proj 48; projection 64 = the tiny text model)\n"
+        "                       | e2b (vision 768, 16 layers, 12 heads, FFN 3072; audio 1024,\n"
+        "                       12 blocks, 8 heads, FFN 4096, output_proj 1536; projection 1536)\n"
+        "                       | e4b (the same towers, projection 2560)\n"
+        "  --type T             linears and projections: f32 f16 (default) bf16 q8_0 (norms,\n"
+        "                       tables, clamps, audio convs stay f32; the patch kernel is\n"
+        "                       f32/bf16/f16)\n"
+        "  --no-audio           vision tower only\n"
+        "  --no-vision          audio tower only\n"
         "  --projection-dim N   text width the soft tokens are projected to\n"
         "  --seed N, --threads N, --name STR as above\n"
         "\n"
@@ -79,6 +86,7 @@ int main(int argc, char **argv)
     double v_theta = -1, v_theta_swa = -1, v_partial = -1, v_softcap = -1;
     int double_wide = -1;
     bool keep_shared = false, k_eq_v = false, no_layer_scale = false, drop_shared = false;
+    bool no_audio = false, no_vision = false;
 
     tool_args a;
     tool_args_init(&a, argc, argv, prog);
@@ -120,6 +128,8 @@ int main(int argc, char **argv)
         else if (tool_flag(&a, "--k-eq-v", NULL)) k_eq_v = true;
         else if (tool_flag(&a, "--no-layer-scale", NULL)) no_layer_scale = true;
         else if (tool_flag(&a, "--drop-shared-kv", NULL)) drop_shared = true;
+        else if (tool_flag(&a, "--no-audio", NULL)) no_audio = true;
+        else if (tool_flag(&a, "--no-vision", NULL)) no_vision = true;
         else {
             fprintf(stderr, "%s: unknown argument \"%s\" (see --help)\n", prog, argv[a.i]);
             return TOOL_EXIT_USAGE;
@@ -135,8 +145,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: give exactly one of --preset NAME, --mmproj-preset NAME or --from FILE\n", prog);
         return TOOL_EXIT_USAGE;
     }
-    if (v_proj > 0 && !mmproj) {
-        fprintf(stderr, "%s: --projection-dim is for --mmproj-preset\n", prog);
+    if ((v_proj > 0 || no_audio || no_vision) && !mmproj) {
+        fprintf(stderr, "%s: --projection-dim, --no-audio and --no-vision are for --mmproj-preset\n", prog);
+        return TOOL_EXIT_USAGE;
+    }
+    if (no_audio && no_vision) {
+        fprintf(stderr, "%s: --no-audio and --no-vision together leave nothing to write\n", prog);
         return TOOL_EXIT_USAGE;
     }
     gm_type type = GM_TYPE_Q8_0, embd_type = GM_TYPE_Q8_0;
@@ -164,6 +178,9 @@ int main(int argc, char **argv)
         if (seed >= 0) mc.seed = (uint64_t)seed;
         if (v_proj > 0) mc.proj_dim = (uint32_t)v_proj;
         mc.n_threads = (int)threads;
+        if (no_audio)
+            mc.audio.n_embd = 0;
+        mc.no_vision = no_vision;
         if (gm_synth_mmproj_write(&mc, out, &err) != GM_OK) {
             fprintf(stderr, "%s: %s\n", prog, err.msg);
             return TOOL_EXIT_RUNTIME;

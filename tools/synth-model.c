@@ -1328,13 +1328,28 @@ static const struct mmproj_preset {
     const char *id;
     gm_synth_mmproj_config c;
 } mmproj_presets[] = {
-    { "tiny", { .name = "Gemma 4 tiny vision (synthetic)", .n_embd = 64, .n_layer = 2, .n_head = 2,
-                .n_ff = 128, .pos_size = 10240, .proj_dim = 64 } },
-    { "e2b", { .name = "Gemma 4 E2B vision (synthetic)", .n_embd = 768, .n_layer = 16, .n_head = 12,
-               .n_ff = 3072, .pos_size = 10240, .proj_dim = 1536 } },
-    { "e4b", { .name = "Gemma 4 E4B vision (synthetic)", .n_embd = 768, .n_layer = 16, .n_head = 12,
-               .n_ff = 3072, .pos_size = 10240, .proj_dim = 2560 } },
+    { "tiny", { .name = "Gemma 4 tiny vision+audio (synthetic)", .n_embd = 64, .n_layer = 2, .n_head = 2,
+                .n_ff = 128, .pos_size = 10240, .proj_dim = 64,
+                .audio = { .n_embd = 64, .n_layer = 2, .n_head = 2, .n_ff = 256,
+                           .sub_channels = { 128, 8 }, .out_dim = 48 } } },
+    { "e2b", { .name = "Gemma 4 E2B vision+audio (synthetic)", .n_embd = 768, .n_layer = 16, .n_head = 12,
+               .n_ff = 3072, .pos_size = 10240, .proj_dim = 1536,
+               .audio = { .n_embd = 1024, .n_layer = 12, .n_head = 8, .n_ff = 4096,
+                          .sub_channels = { 128, 32 }, .out_dim = 1536 } } },
+    { "e4b", { .name = "Gemma 4 E4B vision+audio (synthetic)", .n_embd = 768, .n_layer = 16, .n_head = 12,
+               .n_ff = 3072, .pos_size = 10240, .proj_dim = 2560,
+               .audio = { .n_embd = 1024, .n_layer = 12, .n_head = 8, .n_ff = 4096,
+                          .sub_channels = { 128, 32 }, .out_dim = 1536 } } },
 };
+
+/* Mel bins of the gemma4a feature extractor; the subsampling halves them twice. */
+#define SYNTH_MEL 128
+#define SYNTH_MEL_SUB ((((SYNTH_MEL) + 1) / 2 + 1) / 2)
+
+static bool mmproj_has_audio(const gm_synth_mmproj_config *c)
+{
+    return c->audio.n_embd != 0;
+}
 
 int gm_synth_mmproj_preset(const char *name, gm_synth_mmproj_config *out)
 {
@@ -1361,6 +1376,27 @@ static gm_type mmproj_patch_type(gm_type wtype)
 static int mmproj_validate(const gm_synth_mmproj_config *c, gm_error *err)
 {
 #define BAD(...) return gm_set_error(err, GM_ERR_INVALID, __VA_ARGS__)
+    if (c->no_vision && !mmproj_has_audio(c))
+        BAD("synthetic mmproj: neither a vision nor an audio tower to write");
+    if (!type_is_writable(c->wtype))
+        BAD("synthetic mmproj: weight type %s cannot be written", gm_type_name(c->wtype));
+    if (mmproj_has_audio(c)) {
+        const gm_synth_audio_config *a = &c->audio;
+        if (a->n_layer == 0 || a->n_head == 0 || a->n_ff == 0 || a->sub_channels[0] == 0 ||
+            a->sub_channels[1] == 0 || a->out_dim == 0 || c->proj_dim == 0)
+            BAD("synthetic mmproj: all audio sizes must be positive");
+        if (a->n_embd > 65536 || a->n_ff > (1u << 20) || a->n_layer > 4096 || a->sub_channels[0] > 4096 ||
+            a->sub_channels[1] > 4096 || a->out_dim > 65536 || c->proj_dim > 65536)
+            BAD("synthetic mmproj: audio dimensions too large");
+        if (a->n_embd % 2 || a->n_embd % a->n_head)
+            BAD("synthetic mmproj: audio width %u must be even and split into %u heads", a->n_embd, a->n_head);
+        if (gm_row_size(c->wtype, a->n_embd) == 0 || gm_row_size(c->wtype, a->n_ff) == 0 ||
+            gm_row_size(c->wtype, (int64_t)SYNTH_MEL_SUB * a->sub_channels[1]) == 0)
+            BAD("synthetic mmproj: type %s needs audio rows (%u, %u, %u) in whole blocks", gm_type_name(c->wtype),
+                a->n_embd, a->n_ff, SYNTH_MEL_SUB * a->sub_channels[1]);
+    }
+    if (c->no_vision)
+        return GM_OK;
     if (c->n_embd == 0 || c->n_layer == 0 || c->n_head == 0 || c->n_ff == 0 || c->pos_size == 0 ||
         c->proj_dim == 0)
         BAD("synthetic mmproj: all sizes must be positive");
@@ -1385,11 +1421,25 @@ static void mmproj_metadata(gm_gguf_writer *w, const gm_synth_mmproj_config *c)
     static const float mean[3] = { 0.0f, 0.0f, 0.0f }, stdv[3] = { 1.0f, 1.0f, 1.0f };
     gm_gguf_add_str(w, "general.architecture", "clip");
     gm_gguf_add_str(w, "general.type", "mmproj");
-    gm_gguf_add_str(w, "general.name", c->name[0] ? c->name : "Gemma 4 vision (synthetic)");
+    gm_gguf_add_str(w, "general.name", c->name[0] ? c->name : "Gemma 4 mmproj (synthetic)");
     gm_gguf_add_u32(w, "general.file_type", llama_ftype(c->wtype));
     gm_gguf_add_u32(w, "general.quantization_version", 2);
-    gm_gguf_add_bool(w, "clip.has_vision_encoder", true);
-    gm_gguf_add_bool(w, "clip.has_audio_encoder", false);
+    gm_gguf_add_bool(w, "clip.has_vision_encoder", !c->no_vision);
+    gm_gguf_add_bool(w, "clip.has_audio_encoder", mmproj_has_audio(c));
+    if (mmproj_has_audio(c)) {
+        /* The converter's keys (gguf-format.md §2.1); FFN length is 4×hidden there. */
+        const gm_synth_audio_config *a = &c->audio;
+        gm_gguf_add_str(w, "clip.audio.projector_type", "gemma4a");
+        gm_gguf_add_u32(w, "clip.audio.projection_dim", c->proj_dim);
+        gm_gguf_add_u32(w, "clip.audio.num_mel_bins", SYNTH_MEL);
+        gm_gguf_add_u32(w, "clip.audio.embedding_length", a->n_embd);
+        gm_gguf_add_u32(w, "clip.audio.feed_forward_length", a->n_ff);
+        gm_gguf_add_u32(w, "clip.audio.block_count", a->n_layer);
+        gm_gguf_add_u32(w, "clip.audio.attention.head_count", a->n_head);
+        gm_gguf_add_f32(w, "clip.audio.attention.layer_norm_epsilon", RMS_EPS);
+    }
+    if (c->no_vision)
+        return;
     gm_gguf_add_str(w, "clip.vision.projector_type", "gemma4v");
     gm_gguf_add_u32(w, "clip.vision.projection_dim", c->proj_dim);
     gm_gguf_add_u32(w, "clip.vision.image_size", 224); /* the converter's dummy */
@@ -1403,9 +1453,14 @@ static void mmproj_metadata(gm_gguf_writer *w, const gm_synth_mmproj_config *c)
     gm_gguf_add_arr_f32(w, "clip.vision.image_std", stdv, 3);
 }
 
-/* Tensors in the converter's order, names and shapes (ggml order). */
+static int mmproj_audio_tensors(const gm_synth_mmproj_config *c, tlist *l, gm_error *err);
+
+/* Tensors in the converter's order, names and shapes (ggml order): the vision tower's,
+ * then the audio tower's. */
 static int mmproj_tensors(const gm_synth_mmproj_config *c, tlist *l, gm_error *err)
 {
+    if (c->no_vision)
+        return mmproj_audio_tensors(c, l, err);
     const int64_t H = c->n_embd, F = c->n_ff, hd = c->n_embd / c->n_head;
     stensor *t;
     char name[96];
@@ -1471,6 +1526,96 @@ static int mmproj_tensors(const gm_synth_mmproj_config *c, tlist *l, gm_error *e
          0.0f);
 #undef PUSH
 #undef NORM
+    return mmproj_audio_tensors(c, l, err);
+}
+
+/* The gemma4a tower (names and ggml shapes of gguf-format.md §2.2, the generator
+ * tests/conformance/generate_audio_tower.py shows the same layout). Scales: the
+ * subsampling convs are followed by channel LayerNorms, every block ends in an RMSNorm,
+ * so only the residual branches need sizing (unit rms after each pre-norm, 1/sqrt(fan-in)
+ * matrices); the final weightless RMSNorm and a 1/sqrt(out_dim) projection give soft
+ * tokens of rms ~1. Tensor keys hash the name, so adding this tower leaves the vision
+ * tower's values unchanged. */
+static int mmproj_audio_tensors(const gm_synth_mmproj_config *c, tlist *l, gm_error *err)
+{
+    if (mmproj_has_audio(c)) {
+        const gm_synth_audio_config *A = &c->audio;
+        const int64_t H = A->n_embd, F = A->n_ff, hd = A->n_embd / A->n_head;
+        const int64_t c0 = A->sub_channels[0], c1 = A->sub_channels[1], O = A->out_dim;
+        const int64_t sub_in = (int64_t)SYNTH_MEL_SUB * c1;
+        stensor *t;
+        char name[96];
+#define PUSH(nm, nd, e0, e1, e2, e3, ty, kd, pa, pb) do { \
+        if (!(t = tlist_push(l, (nm), err))) return err ? err->code : GM_ERR_NOMEM; \
+        t->n_dims = (nd); t->ne[0] = (e0); t->ne[1] = (e1); t->ne[2] = (e2); t->ne[3] = (e3); \
+        t->type = (ty); t->kind = (kd); t->a = (pa); t->b = (pb); \
+    } while (0)
+#define NORM(nm, n) PUSH(nm, 1, n, 1, 1, 1, GM_TYPE_F32, INIT_NORM, 1.0f, 0.1f)
+        /* Conv kernels stay F32 (the converter keeps them so); each output is LayerNormed
+         * over channels, so only their spread across channels matters. */
+        PUSH("a.conv1d.0.weight", 4, 3, 3, 1, c0, GM_TYPE_F32, INIT_NORMAL, 1.0f / 3.0f, 0.0f);
+        PUSH("a.conv1d.0.norm.weight", 1, c0, 1, 1, 1, GM_TYPE_F32, INIT_NORM, 1.0f, 0.2f);
+        PUSH("a.conv1d.1.weight", 4, 3, 3, c0, c1, GM_TYPE_F32, INIT_NORMAL, 1.0f / sqrtf(9.0f * (float)c0), 0.0f);
+        PUSH("a.conv1d.1.norm.weight", 1, c1, 1, 1, 1, GM_TYPE_F32, INIT_NORM, 1.0f, 0.2f);
+        /* ReLU'd unit-normed channels (rms ~0.6) in: ~1.6/sqrt(fan-in) gives unit rms out. */
+        PUSH("a.input_projection.weight", 2, sub_in, H, 1, 1, c->wtype, INIT_NORMAL, 1.6f / sqrtf((float)sub_in),
+             0.0f);
+        /* The ten clipped linears: {name, rows, cols} as multiples of (H, F, 2H), and the
+         * rms of what each reads and writes (unit after the pre-norms; ~0.6 after SiLU,
+         * GLU and attention averaging), for clamp bounds 2.5-4 std out. */
+        enum { DH, DF, D2H };
+        static const struct { const char *nm; int rows, cols; float s_in, s_out; } lin[10] = {
+            { "ffn_up", DF, DH, 1.0f, 1.0f },     { "ffn_down", DH, DF, 0.6f, 0.6f },
+            { "attn_q", DH, DH, 1.0f, 1.0f },     { "attn_k", DH, DH, 1.0f, 1.0f },
+            { "attn_v", DH, DH, 1.0f, 1.0f },     { "attn_out", DH, DH, 0.6f, 0.6f },
+            { "conv_pw1", D2H, DH, 1.0f, 1.0f },  { "conv_pw2", DH, DH, 0.6f, 0.6f },
+            { "ffn_up_1", DF, DH, 1.0f, 1.0f },   { "ffn_down_1", DH, DF, 0.6f, 0.6f },
+        };
+        const int64_t dim[3] = { H, F, 2 * H };
+        for (uint32_t il = 0; il < A->n_layer; il++) {
+#define LNAME(sfx) (snprintf(name, sizeof name, "a.blk.%u.%s", il, (sfx)), name)
+            static const char *const norms[9] = {
+                "ffn_norm.weight", "ffn_post_norm.weight", "attn_pre_norm.weight", "attn_post_norm.weight",
+                "conv_norm.weight", "norm_conv.weight", "ffn_norm_1.weight", "ffn_post_norm_1.weight",
+                "ln2.weight",
+            };
+            for (int i = 0; i < 9; i++)
+                NORM(LNAME(norms[i]), H);
+            for (int i = 0; i < 10; i++) {
+                const int64_t rows = dim[lin[i].rows], cols = dim[lin[i].cols];
+                char wn[64];
+                snprintf(wn, sizeof wn, "%s.weight", lin[i].nm);
+                PUSH(LNAME(wn), 2, cols, rows, 1, 1, c->wtype, INIT_NORMAL, 1.0f / sqrtf((float)cols), 0.0f);
+                /* E2B/E4B clip every one of these; bounds distinct per linear and side. */
+                const float si = lin[i].s_in, so = lin[i].s_out;
+                snprintf(wn, sizeof wn, "%s.input_min", lin[i].nm);
+                PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, -4.0f * si, -2.5f * si);
+                snprintf(wn, sizeof wn, "%s.input_max", lin[i].nm);
+                PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, 2.5f * si, 4.0f * si);
+                snprintf(wn, sizeof wn, "%s.output_min", lin[i].nm);
+                PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, -4.0f * so, -2.5f * so);
+                snprintf(wn, sizeof wn, "%s.output_max", lin[i].nm);
+                PUSH(LNAME(wn), 1, 1, 1, 1, 1, GM_TYPE_F32, INIT_UNIFORM, 2.5f * so, 4.0f * so);
+            }
+            /* R(d) = relative_k_proj · sinusoid(d): unit-ish position logits next to q·k. */
+            PUSH(LNAME("attn_k_rel.weight"), 2, H, H, 1, 1, c->wtype, INIT_NORMAL, 1.0f / sqrtf((float)H), 0.0f);
+            /* Stored softplus'ed (the converter applies it): HF initialises per_dim_scale
+             * to 0, softplus(0) = ln 2; around that, positive. Query-key logits then
+             * spread by ~2 (×1.9/ln 2 of the q·k/sqrt(hd) spread). */
+            PUSH(LNAME("per_dim_scale.weight"), 1, hd, 1, 1, 1, GM_TYPE_F32, INIT_NORM, 0.7f, 0.2f);
+            PUSH(LNAME("conv_dw.weight"), 2, 5, H, 1, 1, GM_TYPE_F32, INIT_NORMAL, 1.0f / sqrtf(5.0f), 0.0f);
+#undef LNAME
+        }
+        PUSH("a.pre_encode.out.weight", 2, H, O, 1, 1, c->wtype, INIT_NORMAL, 1.0f / sqrtf((float)H), 0.0f);
+        PUSH("a.pre_encode.out.bias", 1, O, 1, 1, 1, GM_TYPE_F32, INIT_NORMAL, 0.3f, 0.0f);
+        /* After the weightless RMSNorm: soft tokens of rms ~1. Rows of O: the tiny
+         * tower's 48 take no Q8_0 block, so that one matrix falls back like
+         * llama-quantize's. */
+        PUSH("mm.a.input_projection.weight", 2, O, c->proj_dim, 1, 1, matrix_type_for(c->wtype, O), INIT_NORMAL,
+             1.0f / sqrtf((float)O), 0.0f);
+#undef PUSH
+#undef NORM
+    }
     for (size_t i = 0; i < l->n; i++)
         l->v[i].key = mix64(c->seed ^ mix64(hash_bytes(l->v[i].name, strlen(l->v[i].name))));
     return GM_OK;

@@ -63,6 +63,21 @@ int gm_synth_requantize(const char *in_path, const char *out_path, gm_type type,
  * linears (E2B/E4B style: finite input/output clamp scalars around ±3 std of what each
  * linear sees) and the projection to the text width. Weights are seeded like the text
  * models' and scaled so that activations and soft tokens stay around unit size. */
+/* The gemma4a audio tower of a synthetic mmproj (gguf-format.md §2.2): two stride-2
+ * Conv2d subsampling layers with channel norms (kernels F32), the input projection,
+ * n_layer conformer blocks (two half-step FFNs, chunked local attention with the relative
+ * position projection and the softplus'ed per-dim query scale, light conv module with a
+ * {5, H} F32 depthwise kernel; ten clipped linears each with finite bounds), output_proj
+ * with bias, and mm.a.input_projection to the text width (the mmproj's proj_dim). */
+typedef struct gm_synth_audio_config {
+    uint32_t n_embd;            /* conformer width (E2B/E4B 1024); 0 = no audio tower */
+    uint32_t n_layer;           /* 12 */
+    uint32_t n_head;            /* 8 */
+    uint32_t n_ff;              /* 4096 */
+    uint32_t sub_channels[2];   /* subsampling conv channels: 128, 32 */
+    uint32_t out_dim;           /* output_proj width: 1536 */
+} gm_synth_audio_config;
+
 typedef struct gm_synth_mmproj_config {
     char name[64];              /* general.name */
     uint32_t n_embd;            /* vision width (E2B/E4B 768) */
@@ -77,16 +92,26 @@ typedef struct gm_synth_mmproj_config {
                                  * block types whose block divides the row) */
     uint64_t seed;
     int n_threads;              /* generation threads (<= 0: all CPUs) */
+    /* Added for the audio tower (zero-initialised configs keep the vision-only file): */
+    bool no_vision;             /* write no vision tower (clip.has_vision_encoder false) */
+    gm_synth_audio_config audio;/* audio.n_embd == 0: no audio tower */
 } gm_synth_mmproj_config;
 
 /* Presets "tiny" (hidden 64, 2 layers, 2 heads, FFN 128, projection 64 = the
  * tiny text model's width), "e2b" (768/16/12/3072, projection 1536) and
  * "e4b" (same tower, projection 2560); all with the real 10240-entry position tables (any
- * image the processor makes fits), clipped, F16, seed 1. Returns -1 if unknown. */
+ * image the processor makes fits), clipped, F16, seed 1. Returns -1 if unknown.
+ * Each also has its audio tower, as the real E2B/E4B mmproj files do: "e2b"/"e4b" 1024
+ * wide, 12 blocks, 8 heads, FFN 4096, channels [128, 32], output_proj 1536; "tiny" 64
+ * wide, 2 blocks, 2 heads, FFN 256, channels [128, 8], output_proj 48 (like
+ * tests/conformance/audio-tower). Set audio.n_embd = 0 for a vision-only file. */
 int gm_synth_mmproj_preset(const char *name, gm_synth_mmproj_config *out);
 
 /* Writes the mmproj to path. The patch kernel {16,16,3,H} cannot hold a block type: it is
- * F32 for f32 weights, BF16 for bf16 and F16 otherwise; norms, tables and clamps are F32. */
+ * F32 for f32 weights, BF16 for bf16 and F16 otherwise; norms, tables and clamps are F32.
+ * Audio: the conv kernels, conv_dw, norms, clamps, per_dim_scale and the output_proj bias
+ * are F32; every matrix is wtype, except that mm.a.input_projection (rows of out_dim)
+ * falls back to Q8_0, then F16 when out_dim is not in whole blocks of wtype (tiny: 48). */
 int gm_synth_mmproj_write(const gm_synth_mmproj_config *cfg, const char *path, gm_error *err);
 
 #ifdef __cplusplus
