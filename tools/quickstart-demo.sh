@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Second half of quickstart.sh, run inside a session bus: starts build/gemmad on the shipped
 # small model (with its small multimodal projector) and asks it the same question over the
-# socket (gemmactl) and over D-Bus (gdbus), then asks about a picture.
+# socket (gemmactl) and over D-Bus (gdbus), then asks about a picture and a recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=build/tools/gemma4-tiny.gguf
@@ -37,6 +37,10 @@ echo
 image=tests/conformance/mm-vision/photo-exif6.jpg
 echo "== gemmactl --socket $sock generate --seed 42 -n 32 --image $image \"What is in this picture?\""
 build/client/gemmactl --socket "$sock" generate --seed 42 -n 32 --image "$image" "What is in this picture?"
+echo
+sound=tests/data/audio/speech-16k-mono.flac
+echo "== gemmactl --socket $sock generate --seed 42 -n 32 --audio $sound \"Transcribe this.\""
+build/client/gemmactl --socket "$sock" generate --seed 42 -n 32 --audio "$sound" "Transcribe this."
 
 if [ "${1:-}" = "--serve" ]; then
     echo
