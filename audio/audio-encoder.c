@@ -431,31 +431,6 @@ uint32_t gm_audio_n_soft_tokens(uint32_t n_frames)
 
 /* ---- forward ---------------------------------------------------------------------- */
 
-typedef void (*au_rows_fn)(void *arg, int64_t r0, int64_t r1);
-
-typedef struct au_par {
-    au_rows_fn fn;
-    void *arg;
-    int64_t n;
-} au_par;
-
-static void au_par_worker(void *ctx, int ith, int nth)
-{
-    const au_par *p = ctx;
-    long b, e;
-    gm_pool_range((long)p->n, ith, nth, &b, &e);
-    if (b < e)
-        p->fn(p->arg, b, e);
-}
-
-static void au_parallel(gm_pool *pool, int64_t n, au_rows_fn fn, void *arg)
-{
-    au_par p = { .fn = fn, .arg = arg, .n = n };
-    if (pool && n > 1 && gm_pool_size(pool) > 1)
-        gm_pool_run(pool, au_par_worker, &p);
-    else
-        fn(arg, 0, n);
-}
 
 typedef struct au_fwd {
     const gm_audio_model *m;
@@ -595,7 +570,7 @@ static void au_run(gm_pool *pool, const au_fwd *f, au_step s0, au_step s1, au_st
     for (int k = 0; k < AU_MAX_STEPS; k++)
         if (in[k].fn)
             p.s[p.n++] = in[k];
-    au_parallel(pool, f->n, au_rows_pass, &p);
+    gm_pool_run_rows(pool, f->n, au_rows_pass, &p);
 }
 
 #define AU_NONE ((au_step){ 0 })
@@ -848,14 +823,14 @@ int gm_audio_encode_checkpoints(const gm_audio_model *m, gm_pool *pool, const fl
     f.tmp = f.big + n * wide;
 
     /* Subsampling: conv 0 directly (9 taps), conv 1 as im2col chunks × gm_matmul. */
-    au_parallel(pool, T1, au_rows_conv0, &f);
+    gm_pool_run_rows(pool, T1, au_rows_conv0, &f);
     for (int64_t t0 = 0; t0 < n; t0 += rows_chunk) {
         const int64_t nt = n - t0 < rows_chunk ? n - t0 : rows_chunk;
         f.col_t0 = t0;
-        au_parallel(pool, nt * AU_F2, au_rows_im2col, &f);
+        gm_pool_run_rows(pool, nt * AU_F2, au_rows_im2col, &f);
         gm_matmul(pool, &m->conv1m, f.col, nt * AU_F2, K1, f.x1 + t0 * AU_F2 * c1, c1);
     }
-    au_parallel(pool, n * AU_F2, au_rows_norm1, &f);
+    gm_pool_run_rows(pool, n * AU_F2, au_rows_norm1, &f);
     /* Row t of x1 is [f][c] = the f·C1 + c flattening input_proj reads. */
     gm_matmul(pool, &m->in_proj, f.x1, n, AU_F2 * c1, f.h, H);
     free(sub);

@@ -187,3 +187,27 @@ void gm_pool_run(gm_pool *pool, gm_pool_fn fn, void *ctx)
     atomic_store(&pool->caller_waiting, 0);
     atomic_thread_fence(memory_order_acquire);
 }
+
+typedef struct rows_job {
+    gm_rows_fn fn;
+    void *arg;
+    int64_t n;
+} rows_job;
+
+static void rows_worker(void *ctx, int ith, int nth)
+{
+    const rows_job *j = ctx;
+    long b, e;
+    gm_pool_range((long)j->n, ith, nth, &b, &e);
+    if (b < e)
+        j->fn(j->arg, b, e);
+}
+
+void gm_pool_run_rows(gm_pool *pool, int64_t n, gm_rows_fn fn, void *arg)
+{
+    rows_job j = { .fn = fn, .arg = arg, .n = n };
+    if (pool && n > 1 && gm_pool_size(pool) > 1)
+        gm_pool_run(pool, rows_worker, &j);
+    else if (n > 0)
+        fn(arg, 0, n);
+}

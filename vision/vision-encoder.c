@@ -333,33 +333,6 @@ uint32_t gm_vision_model_hidden(const gm_vision_model *m) { return m->n_embd; }
 
 /* ---- forward ---------------------------------------------------------------------- */
 
-/* Row-parallel loops: fn(arg, r0, r1) over [0, n) split across the pool. */
-typedef void (*vt_rows_fn)(void *arg, int64_t r0, int64_t r1);
-
-typedef struct vt_par {
-    vt_rows_fn fn;
-    void *arg;
-    int64_t n;
-} vt_par;
-
-static void vt_par_worker(void *ctx, int ith, int nth)
-{
-    const vt_par *p = ctx;
-    long b, e;
-    gm_pool_range((long)p->n, ith, nth, &b, &e);
-    if (b < e)
-        p->fn(p->arg, b, e);
-}
-
-static void vt_parallel(gm_pool *pool, int64_t n, vt_rows_fn fn, void *arg)
-{
-    vt_par p = { .fn = fn, .arg = arg, .n = n };
-    if (pool && n > 1 && gm_pool_size(pool) > 1)
-        gm_pool_run(pool, vt_par_worker, &p);
-    else
-        fn(arg, 0, n);
-}
-
 /* The state of one forward pass, shared by the row-parallel steps. */
 typedef struct vt_fwd {
     const gm_vision_model *m;
@@ -419,14 +392,14 @@ static void vt_linear_apply(gm_pool *pool, vt_fwd *f, const vt_linear *l, float 
         f->c_cols = cols;
         f->c_lo = l->in_min;
         f->c_hi = l->in_max;
-        vt_parallel(pool, n, vt_rows_clamp, f);
+        gm_pool_run_rows(pool, n, vt_rows_clamp, f);
     } else if (l->clamp_in && !(flags & VT_IN_DONE)) {
         f->c_src = x;
         f->c_dst = tmp;
         f->c_cols = cols;
         f->c_lo = l->in_min;
         f->c_hi = l->in_max;
-        vt_parallel(pool, n, vt_rows_clamp_copy, f);
+        gm_pool_run_rows(pool, n, vt_rows_clamp_copy, f);
         x = tmp;
     }
     gm_matmul(pool, &l->w, x, n, cols, y, rows);
@@ -435,7 +408,7 @@ static void vt_linear_apply(gm_pool *pool, vt_fwd *f, const vt_linear *l, float 
         f->c_cols = rows;
         f->c_lo = l->out_min;
         f->c_hi = l->out_max;
-        vt_parallel(pool, n, vt_rows_clamp, f);
+        gm_pool_run_rows(pool, n, vt_rows_clamp, f);
     }
 }
 
@@ -523,11 +496,11 @@ static void vt_attention(gm_pool *pool, vt_fwd *f)
                      .data = f->vt, .name = "vision attention V" };
     for (uint32_t hh = 0; hh < m->n_head; hh++) {
         f->head = hh;
-        vt_parallel(pool, n, vt_rows_pack, f);
+        gm_pool_run_rows(pool, n, vt_rows_pack, f);
         for (int64_t i0 = 0; i0 < n; i0 += qb) {
             const int64_t nq = n - i0 < qb ? n - i0 : qb;
             gm_matmul(pool, &km, f->q + i0 * H + hh * hd, nq, H, f->s, n);
-            vt_parallel(pool, nq, vt_rows_softmax, f);
+            gm_pool_run_rows(pool, nq, vt_rows_softmax, f);
             gm_matmul(pool, &vm, f->s, nq, n, f->o + i0 * H + hh * hd, H);
         }
     }
@@ -639,20 +612,20 @@ int gm_vision_encode_checkpoints(const gm_vision_model *m, gm_pool *pool,
     for (uint32_t il = 0; il < m->n_layer; il++) {
         const vt_layer *L = &m->layers[il];
         f.L = L;
-        vt_parallel(pool, n, vt_rows_ln1, &f);
+        gm_pool_run_rows(pool, n, vt_rows_ln1, &f);
         /* Output clamps are applied in the row pass after each matmul. */
         vt_linear_apply(pool, &f, &L->q, a, tmp, q, VT_OUT_LATER);
         vt_linear_apply(pool, &f, &L->k, a, tmp, k, VT_OUT_LATER);
         vt_linear_apply(pool, &f, &L->v, a, tmp, v, VT_OUT_LATER);
-        vt_parallel(pool, n, vt_rows_qkv, &f);
+        gm_pool_run_rows(pool, n, vt_rows_qkv, &f);
         vt_attention(pool, &f);
         vt_linear_apply(pool, &f, &L->o, o, tmp, a, VT_IN_PLACE | VT_OUT_LATER);
-        vt_parallel(pool, n, vt_rows_post_attn, &f);
+        gm_pool_run_rows(pool, n, vt_rows_post_attn, &f);
         vt_linear_apply(pool, &f, &L->gate, a, tmp, gate, VT_OUT_LATER);
         vt_linear_apply(pool, &f, &L->up, a, tmp, up, VT_OUT_LATER);
-        vt_parallel(pool, n, vt_rows_gelu_mul, &f);
+        gm_pool_run_rows(pool, n, vt_rows_gelu_mul, &f);
         vt_linear_apply(pool, &f, &L->down, gate, tmp, a, VT_IN_DONE | VT_OUT_LATER);
-        vt_parallel(pool, n, vt_rows_post_ffn, &f);
+        gm_pool_run_rows(pool, n, vt_rows_post_ffn, &f);
         if (il == 0 && ck && ck->layer0)
             memcpy(ck->layer0, h, (size_t)(n * H) * sizeof *h);
     }

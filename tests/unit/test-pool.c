@@ -118,6 +118,33 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* gm_pool_run_rows: every row visited exactly once, with and without a pool, n of 0 and 1. */
+typedef struct {
+    int *hits;
+} rows_ctx;
+
+static void mark_rows(void *arg, int64_t r0, int64_t r1)
+{
+    rows_ctx *c = arg;
+    for (int64_t r = r0; r < r1; r++)
+        __atomic_add_fetch(&c->hits[r], 1, __ATOMIC_RELAXED);
+}
+
+static void test_run_rows(gm_pool *pool)
+{
+    static const int64_t sizes[] = { 0, 1, 2, 3, 7, 1000 };
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int64_t n = sizes[k];
+        rows_ctx c = { .hits = calloc((size_t)n + 1, sizeof(int)) };
+        gm_pool_run_rows(pool, n, mark_rows, &c);
+        int bad = 0;
+        for (int64_t r = 0; r < n; r++)
+            bad += c.hits[r] != 1;
+        CHECKF(bad == 0 && c.hits[n] == 0, "run_rows n=%lld: %d rows not visited once", (long long)n, bad);
+        free(c.hits);
+    }
+}
+
 int main(void)
 {
     test_ranges();
@@ -154,5 +181,9 @@ int main(void)
         printf("pool of %d: %.2f us per empty job (hot)\n", gm_pool_size(p), dt / iters * 1e6);
         gm_pool_destroy(p);
     }
+    test_run_rows(NULL);
+    gm_pool *rp = gm_pool_create(3);
+    test_run_rows(rp);
+    gm_pool_destroy(rp);
     return gm_test_finish();
 }
