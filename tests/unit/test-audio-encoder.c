@@ -35,29 +35,12 @@ static const uint32_t token_row0[N_CLIP] = { 0, 51 };
 #define TEXT_W 64
 #define TOL 1e-3
 
-static const char *conf_dir(void)
-{
-    const char *d = getenv("GEMMAD_CONFORMANCE_DIR");
-    return d ? d : "tests/conformance";
-}
-
-static double rel_frob(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static float *features; /* [361][128] */
 static float *ref;      /* soft_tokens [91][64], tower_out [91][48], encoder_out, layer0, subsampled [91][64] */
 
 static void fixture_path(char *buf, size_t n, const char *file)
 {
-    snprintf(buf, n, "%s/audio-tower/%s", conf_dir(), file);
+    snprintf(buf, n, "%s/audio-tower/%s", gm_test_conformance_dir(), file);
 }
 
 /* Encodes both clips with every checkpoint and compares them with transformers. */
@@ -93,14 +76,14 @@ static void run_file(const char *path, const char *what, gm_pool *pool, double t
         { "soft_tokens", soft, r_soft, N_TOK * TEXT_W, tol_soft },
     };
     for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
-        double e = rel_frob(cmp[i].got, cmp[i].want, cmp[i].n);
+        double e = gm_test_rel_frobenius(cmp[i].got, cmp[i].want, cmp[i].n);
         printf("%s %s%s: rel frobenius %.3g\n", what, cmp[i].name, pool ? " (pool)" : "", e);
         CHECKF(e <= cmp[i].tol, "%s %s: rel frobenius %.3g > %g", what, cmp[i].name, e, cmp[i].tol);
     }
     /* The plain entry point gives the same soft tokens. */
     float *again = calloc(40 * TEXT_W, sizeof(float));
     CHECK(gm_audio_encode(m, pool, features + (size_t)frame_row0[1] * MEL, frames[1], again, &err) == GM_OK);
-    CHECK(rel_frob(again, soft + token_row0[1] * TEXT_W, 40 * TEXT_W) == 0.0);
+    CHECK(gm_test_rel_frobenius(again, soft + token_row0[1] * TEXT_W, 40 * TEXT_W) == 0.0);
     free(again);
     free(soft);
     free(tower);
@@ -125,13 +108,13 @@ static void causal_prefix(gm_pool *pool)
     float full[51 * TEXT_W], pre[25 * TEXT_W];
     CHECK(gm_audio_encode(m, pool, features, 203, full, &err) == GM_OK);
     CHECK(gm_audio_encode(m, pool, features, 100, pre, &err) == GM_OK);
-    double e = rel_frob(pre, full, 25 * TEXT_W);
+    double e = gm_test_rel_frobenius(pre, full, 25 * TEXT_W);
     printf("100-frame prefix vs full clip, first 25 tokens: rel %.3g\n", e);
     CHECKF(e <= 1e-5, "prefix differs: %.3g", e);
     /* The 26th token sees frame 100..103: dropping them must change it. */
     float pre2[26 * TEXT_W];
     CHECK(gm_audio_encode(m, pool, features, 101, pre2, &err) == GM_OK);
-    CHECK(rel_frob(pre2 + 25 * TEXT_W, full + 25 * TEXT_W, TEXT_W) > 1e-3);
+    CHECK(gm_test_rel_frobenius(pre2 + 25 * TEXT_W, full + 25 * TEXT_W, TEXT_W) > 1e-3);
     for (uint32_t nf = 1; nf <= 5; nf++) {
         float out[2 * TEXT_W];
         uint32_t nt = gm_audio_n_soft_tokens(nf);
@@ -297,7 +280,7 @@ static void soft_emb_norm(void)
         CHECK(gm_audio_encode(b, NULL, x, frames[1], sb, &err) == GM_OK);
         for (int i = 0; i < 40 * TEXT_W; i++)
             sa[i] *= 2.0f;
-        double e = rel_frob(sb, sa, 40 * TEXT_W);
+        double e = gm_test_rel_frobenius(sb, sa, 40 * TEXT_W);
         CHECKF(e <= 1e-6, "soft_emb_norm of 2: %.3g from twice the tokens", e);
     }
     gm_audio_model_free(a);
@@ -310,7 +293,7 @@ static void no_audio(void)
 {
     char path[4096];
     gm_error err = { 0 };
-    snprintf(path, sizeof path, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    snprintf(path, sizeof path, "%s/vision-tower/e-clipped.gguf", gm_test_conformance_dir());
     gm_audio_model *m = gm_audio_model_load(path, &err);
     CHECK(m == NULL);
     CHECKF(err.code == GM_ERR_UNSUPPORTED && strstr(err.msg, path) && strstr(err.msg, "audio"),
@@ -395,7 +378,7 @@ static void synth_tiny(void)
         CHECKF(mean_diff > 0.1 * rms, "soft tokens hardly differ (%.4g)", mean_diff);
         /* With a pool: the same tokens up to summation order. */
         if (synth_tiny_encode(GM_TYPE_F32, pool, got)) {
-            double e = rel_frob(got, f32, n);
+            double e = gm_test_rel_frobenius(got, f32, n);
             printf("synthetic tiny audio tower, pool vs none: rel frobenius %.3g\n", e);
             CHECKF(e <= 1e-5, "pool changes the tokens by %.3g", e);
         }
@@ -406,7 +389,7 @@ static void synth_tiny(void)
         for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
             if (!synth_tiny_encode(types[i].t, pool, got))
                 continue;
-            double e = rel_frob(got, f32, n);
+            double e = gm_test_rel_frobenius(got, f32, n);
             printf("synthetic tiny audio tower, %s matrices vs F32: rel frobenius %.3g\n",
                    gm_type_name(types[i].t), e);
             CHECKF(e > 0 && e <= types[i].tol, "%s: rel frobenius %.3g (tolerance %g)", gm_type_name(types[i].t), e,

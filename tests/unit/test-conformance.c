@@ -59,12 +59,6 @@ typedef struct {
     int argmax_agree, rows;
 } cmp_stats;
 
-static const char *conf_dir(void)
-{
-    const char *d = getenv("GEMMAD_CONFORMANCE_DIR");
-    return d && *d ? d : "tests/conformance";
-}
-
 static float *read_f32(const char *path, size_t n)
 {
     FILE *f = fopen(path, "rb");
@@ -488,7 +482,7 @@ static const char *tmp_dir(void)
 static void run_case(const case_spec *cs)
 {
     char dir[1024], path[1536];
-    snprintf(dir, sizeof dir, "%s/%s", conf_dir(), cs->case_name);
+    snprintf(dir, sizeof dir, "%s/%s", gm_test_conformance_dir(), cs->case_name);
     static const char *prompt_files[] = { "text.txt", "mm.txt" };
     prompt prompts[2];
     int np = 0;
@@ -501,7 +495,7 @@ static void run_case(const case_spec *cs)
         if (rc == 0)
             np++;
     }
-    CHECKF(np > 0, "%s: no prompts (GEMMAD_CONFORMANCE_DIR=%s)", cs->case_name, conf_dir());
+    CHECKF(np > 0, "%s: no prompts (GEMMAD_CONFORMANCE_DIR=%s)", cs->case_name, gm_test_conformance_dir());
     if (np == 0)
         return;
 

@@ -52,12 +52,6 @@ typedef struct {
     char logits[128];
 } fixture;
 
-static const char *conf_dir(void)
-{
-    const char *d = getenv("GEMMAD_CONFORMANCE_DIR");
-    return d ? d : "tests/conformance";
-}
-
 static int32_t *read_ids(char **save, int n)
 {
     int32_t *ids = calloc((size_t)(n > 0 ? n : 1), sizeof *ids);
@@ -137,17 +131,6 @@ static int fixture_load(fixture *f, const char *dir, const char *name)
                    f->greedy ? 0 : -1;
 }
 
-static double rel_frob(const float *a, const float *b, size_t n)
-{
-    double d = 0, r = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = (double)a[i] - (double)b[i];
-        d += e * e;
-        r += (double)b[i] * (double)b[i];
-    }
-    return r > 0 ? sqrt(d / r) : sqrt(d);
-}
-
 static int argmax(const float *v, int n)
 {
     int best = 0;
@@ -224,7 +207,7 @@ static int embed_media(const fixture *f, const gm_vision_model *vm, const gm_aud
         CHECKF(ref && rlen == n * sizeof(float), "%s: reference soft tokens: %zu bytes, want %zu",
                s->file, rlen, n * sizeof(float));
         if (ref && rlen == n * sizeof(float)) {
-            double e = rel_frob(rows[i].embd, ref, n);
+            double e = gm_test_rel_frobenius(rows[i].embd, ref, n);
             printf("  %s: %s %s, %u soft tokens, rel err %.2e\n", f->name, s->file, info, rows[i].n, e);
             CHECKF(e <= TOL_SOFT_REL, "%s: soft tokens rel err %.3e > %.0e", s->file, e, TOL_SOFT_REL);
         }
@@ -315,7 +298,7 @@ static void check_prompt_builder(const fixture *f, const gm_model *m, const medi
 static void run_fixture(const char *folder, const char *name, gm_pool *pool)
 {
     char dir[1000], path[2400];
-    snprintf(dir, sizeof dir, "%s/%s", conf_dir(), folder);
+    snprintf(dir, sizeof dir, "%s/%s", gm_test_conformance_dir(), folder);
     fixture f;
     int rc = fixture_load(&f, dir, name);
     CHECKF(rc == 0, "%s/%s.txt: cannot load", dir, name);

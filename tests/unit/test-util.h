@@ -60,6 +60,25 @@ static inline void *gm_test_read_file(const char *path, size_t *len)
     return buf;
 }
 
+/* The conformance fixtures folder (GEMMAD_CONFORMANCE_DIR, else tests/conformance). */
+static inline const char *gm_test_conformance_dir(void)
+{
+    const char *d = getenv("GEMMAD_CONFORMANCE_DIR");
+    return d ? d : "tests/conformance";
+}
+
+/* ||a − ref|| / ||ref|| (Frobenius, in double); ||a − ref|| when ref is all zeros. */
+static inline double gm_test_rel_frobenius(const float *a, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 static inline int gm_test_finish(void)
 {
     printf("%d passed, %d failed\n", gm_test_passed, gm_test_failed);

@@ -29,23 +29,6 @@ static const uint32_t token_row0[N_IMG] = { 0, 6 };
 #define TEXT_W 64
 #define TOL 1e-3
 
-static const char *conf_dir(void)
-{
-    const char *d = getenv("GEMMAD_CONFORMANCE_DIR");
-    return d ? d : "tests/conformance";
-}
-
-static double rel_frob(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        num += d * d;
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static float *inputs;       /* patches [126][768] then positions i32 [126][2] */
 static const int32_t *positions;
 
@@ -63,7 +46,7 @@ static void run_case(const char *name, gm_pool *pool)
 {
     char path[4096];
     gm_error err = { 0 };
-    snprintf(path, sizeof path, "%s/vision-tower/%s.gguf", conf_dir(), name);
+    snprintf(path, sizeof path, "%s/vision-tower/%s.gguf", gm_test_conformance_dir(), name);
     gm_vision_model *m = gm_vision_model_load(path, &err);
     CHECKF(m != NULL, "load %s: %s", path, err.msg);
     if (!m)
@@ -71,7 +54,7 @@ static void run_case(const char *name, gm_pool *pool)
     CHECK_EQ_INT(gm_vision_model_projection_dim(m), TEXT_W);
     const size_t H = gm_vision_model_hidden(m);
 
-    snprintf(path, sizeof path, "%s/vision-tower/%s.bin", conf_dir(), name);
+    snprintf(path, sizeof path, "%s/vision-tower/%s.bin", gm_test_conformance_dir(), name);
     size_t len = 0;
     float *ref = gm_test_read_file(path, &len);
     /* soft_tokens, vision_out, pooled [14 rows], encoder_out, layer0, patch_embd [126 rows] */
@@ -106,7 +89,7 @@ static void run_case(const char *name, gm_pool *pool)
         { "vision_out", vis, r_vis, N_TOK * H }, { "soft_tokens", soft, r_soft, N_TOK * TEXT_W },
     };
     for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
-        double e = rel_frob(cmp[i].got, cmp[i].want, cmp[i].n);
+        double e = gm_test_rel_frobenius(cmp[i].got, cmp[i].want, cmp[i].n);
         printf("%s %s%s: rel frobenius %.3g\n", name, cmp[i].what, pool ? " (pool)" : "", e);
         CHECKF(e <= TOL, "%s %s: rel frobenius %.3g > %g", name, cmp[i].what, e, TOL);
     }
@@ -115,7 +98,7 @@ static void run_case(const char *name, gm_pool *pool)
     image_patches(1, &p);
     float *again = calloc(8 * TEXT_W, sizeof(float));
     CHECK(gm_vision_encode(m, pool, &p, again, &err) == GM_OK);
-    CHECK(rel_frob(again, soft + 6 * TEXT_W, 8 * TEXT_W) == 0.0);
+    CHECK(gm_test_rel_frobenius(again, soft + 6 * TEXT_W, 8 * TEXT_W) == 0.0);
     free(again);
     free(soft);
     free(vis);
@@ -133,7 +116,7 @@ static void broken_file(const char *drop, const char *reshape, const char *expec
 {
     char src[4096], dst[4096];
     gm_error err = { 0 };
-    snprintf(src, sizeof src, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    snprintf(src, sizeof src, "%s/vision-tower/e-clipped.gguf", gm_test_conformance_dir());
     snprintf(dst, sizeof dst, "/tmp/test-vision-encoder-%d.gguf", (int)getpid());
     gm_gguf *g = gm_gguf_open(src, &err);
     CHECKF(g != NULL, "%s", err.msg);
@@ -172,7 +155,7 @@ static void converted_copy(gm_type mtype, double tol)
 {
     char src[4096], dst[4096];
     gm_error err = { 0 };
-    snprintf(src, sizeof src, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    snprintf(src, sizeof src, "%s/vision-tower/e-clipped.gguf", gm_test_conformance_dir());
     snprintf(dst, sizeof dst, "/tmp/test-vision-encoder-half-%d.gguf", (int)getpid());
     gm_gguf *g = gm_gguf_open(src, &err);
     CHECKF(g != NULL, "%s", err.msg);
@@ -221,7 +204,7 @@ static void converted_copy(gm_type mtype, double tol)
         float sa[8 * TEXT_W], sb[8 * TEXT_W];
         CHECK(gm_vision_encode(a, NULL, &p, sa, &err) == GM_OK);
         CHECK(gm_vision_encode(b, NULL, &p, sb, &err) == GM_OK);
-        double e = rel_frob(sb, sa, 8 * TEXT_W);
+        double e = gm_test_rel_frobenius(sb, sa, 8 * TEXT_W);
         printf("e-clipped with %s matrices vs F32: rel frobenius %.3g\n", gm_type_name(mtype), e);
         CHECKF(e <= tol, "%s copy differs by %.3g", gm_type_name(mtype), e);
     }
@@ -234,7 +217,7 @@ static void bad_input(void)
 {
     char path[4096];
     gm_error err = { 0 };
-    snprintf(path, sizeof path, "%s/vision-tower/e-clipped.gguf", conf_dir());
+    snprintf(path, sizeof path, "%s/vision-tower/e-clipped.gguf", gm_test_conformance_dir());
     gm_vision_model *m = gm_vision_model_load(path, &err);
     CHECK(m != NULL);
     if (!m)
@@ -348,7 +331,7 @@ static void synth_tiny(void)
         for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
             if (!tiny_encode(types[i].t, false, true, &p, got, &proj))
                 continue;
-            double e = rel_frob(got, ref, n);
+            double e = gm_test_rel_frobenius(got, ref, n);
             printf("synthetic tiny tower, %s matrices vs F32: rel frobenius %.3g\n", gm_type_name(types[i].t), e);
             CHECKF(e > 0 && e <= types[i].tol, "%s: rel frobenius %.3g (tolerance %g)",
                    gm_type_name(types[i].t), e, types[i].tol);
@@ -356,7 +339,7 @@ static void synth_tiny(void)
         /* The clamps bite, a little (bounds 2.5-4 std out): the same weights without
          * them give different, but not wildly different, soft tokens. */
         if (tiny_encode(GM_TYPE_F32, false, false, &p, got, &proj)) {
-            double e = rel_frob(got, ref, n);
+            double e = gm_test_rel_frobenius(got, ref, n);
             printf("synthetic tiny tower without its clamps vs with: rel frobenius %.3g\n", e);
             CHECKF(e > 1e-4 && e < 0.3, "removing the clamps changes the soft tokens by %.3g", e);
         }
@@ -366,7 +349,7 @@ static void synth_tiny(void)
             for (size_t i = 0; i < n; i++)
                 nonfinite += !isfinite(got[i]);
             CHECK_EQ_INT(nonfinite, 0);
-            CHECKF(rel_frob(got, ref, n) > 1e-2, "standardisation changed nothing");
+            CHECKF(gm_test_rel_frobenius(got, ref, n) > 1e-2, "standardisation changed nothing");
         }
     }
     free(ref);
@@ -470,7 +453,7 @@ static void synth_e2b(void)
 int main(int argc, char **argv)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/vision-tower/inputs.bin", conf_dir());
+    snprintf(path, sizeof path, "%s/vision-tower/inputs.bin", gm_test_conformance_dir());
     size_t len = 0;
     inputs = gm_test_read_file(path, &len);
     const size_t want = (size_t)N_PATCH * PATCH_VALS * 4 + (size_t)N_PATCH * 2 * 4;
