@@ -17,17 +17,29 @@
  * feature extractor's 16 kHz. libsoxr's flushed output has round(n_in × rate_out / rate_in)
  * samples, the length python-soxr's resample() returns; we insist on that length (librosa
  * additionally pads or trims to ceil(n_in × ratio) with fix=True: at most one trailing zero
- * of difference, never a different sample). */
+ * of difference, never a different sample).
+ *
+ * Ogg Vorbis headers are checked here before libsndfile sees them: libsndfile 1.2's Vorbis
+ * open calls vorbis_info_init and, when a header packet is malformed or missing, returns
+ * without vorbis_info_clear (libsndfile#922, xiph/vorbis#125), leaking ~5.7 KB per file —
+ * a client could grow the daemon by sending bad files. So a Vorbis stream reaches libsndfile
+ * only once its three header packets decode with libvorbis here (every libogg/libvorbis
+ * state cleared on every path). Only single-stream Ogg Vorbis is accepted: libsndfile
+ * decodes just the first link of a chained file (silently dropping the rest) and its
+ * length scan keeps per-stream Vorbis state for the others; such files get a clear
+ * refusal instead. */
 #define _POSIX_C_SOURCE 200809L
 #include "audio/audio-decode.h"
 
 #include <math.h>
+#include <ogg/ogg.h>
 #include <sndfile.h>
 #include <soxr.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <vorbis/codec.h>
 
 #define DEFAULT_MAX_SECONDS 600.0
 #define DEFAULT_MAX_CHANNELS 64u
@@ -204,6 +216,144 @@ static void format_name(int format, char out[32])
     snprintf(out, 32, "%.15s %.15s", mj, sb);
 }
 
+/* ---- Ogg Vorbis header check (see the top of the file) ---- */
+
+#define OGG_CHUNK 65536u
+
+/* Where libsndfile starts recognising the format: after any ID3v2 tags it skips (10-byte
+ * header with a syncsafe size). Checking from a wrong place only checks more. */
+static size_t skip_id3v2(const uint8_t *d, size_t len)
+{
+    size_t off = 0;
+    while (len - off >= 10 && memcmp(d + off, "ID3", 3) == 0) {
+        size_t sz = ((size_t)(d[off + 6] & 0x7f) << 21) | ((size_t)(d[off + 7] & 0x7f) << 14) |
+                    ((size_t)(d[off + 8] & 0x7f) << 7) | (size_t)(d[off + 9] & 0x7f);
+        if (sz + 10 >= len - off)
+            break;
+        off += sz + 10;
+    }
+    return off;
+}
+
+static const char *vorbis_err_name(int e)
+{
+    switch (e) {
+    case OV_ENOTVORBIS: return "not a Vorbis header";
+    case OV_EBADHEADER: return "malformed header";
+    case OV_EFAULT: return "out of order or internal fault";
+    case OV_EIMPL: return "unsupported Vorbis feature";
+    default: return "libvorbis refused it";
+    }
+}
+
+static const char *const header_names[3] = { "identification", "comment", "setup" };
+
+/* GM_OK when the bytes are not Ogg, the first logical stream is not Vorbis (Opus, FLAC,
+ * …: libsndfile's own readers), or a single Vorbis stream whose three header packets
+ * decode; otherwise a GM_ERR_FORMAT "audio: Ogg Vorbis: …". Pages are taken the way
+ * libsndfile takes them (libogg from the first byte, bad pages skipped), so the packets
+ * checked are the packets libsndfile would read. */
+static int check_ogg_vorbis(const uint8_t *data, size_t len, gm_error *err)
+{
+    size_t off = skip_id3v2(data, len);
+    if (len - off < 4 || memcmp(data + off, "OggS", 4) != 0)
+        return GM_OK;
+    data += off;
+    len -= off;
+
+    ogg_sync_state oy;
+    ogg_stream_state os;
+    vorbis_info vi;
+    vorbis_comment vc;
+    ogg_sync_init(&oy);
+    vorbis_info_init(&vi);
+    vorbis_comment_init(&vc);
+    int have_stream = 0, is_vorbis = 0, headers = 0, rc = GM_OK;
+    long serial = 0;
+    size_t fed = 0;
+    for (;;) {
+        ogg_page og;
+        int r = ogg_sync_pageout(&oy, &og);
+        if (r < 0)
+            continue;   /* bytes skipped up to the next page that checks out */
+        if (r == 0) {
+            if (fed == len)
+                break;
+            size_t n = len - fed < OGG_CHUNK ? len - fed : OGG_CHUNK;
+            char *buf = ogg_sync_buffer(&oy, (long)n);
+            if (buf == NULL) {
+                rc = gm_set_error(err, GM_ERR_NOMEM, "audio: Ogg: out of memory");
+                break;
+            }
+            memcpy(buf, data + fed, n);
+            ogg_sync_wrote(&oy, (long)n);
+            fed += n;
+            continue;
+        }
+        if (!have_stream) {
+            serial = ogg_page_serialno(&og);
+            ogg_stream_init(&os, (int)serial);
+            have_stream = 1;
+            ogg_stream_pagein(&os, &og);
+            ogg_packet op;
+            if (ogg_stream_packetout(&os, &op) != 1 || op.bytes < 7 ||
+                memcmp(op.packet, "\x01vorbis", 7) != 0)
+                break;   /* not Vorbis: nothing for this check */
+            is_vorbis = 1;
+            int e = vorbis_synthesis_headerin(&vi, &vc, &op);
+            if (e != 0) {
+                rc = gm_set_error(err, GM_ERR_FORMAT, "audio: Ogg Vorbis: header packet 1 "
+                                  "(identification) is invalid: %s", vorbis_err_name(e));
+                break;
+            }
+            headers = 1;
+        } else {
+            if (ogg_page_serialno(&og) != serial) {
+                rc = gm_set_error(err, GM_ERR_FORMAT, "audio: Ogg Vorbis: more than one logical "
+                                  "stream (serial numbers 0x%08lx and 0x%08lx; chained or "
+                                  "multiplexed files are not accepted)",
+                                  (unsigned long)(uint32_t)serial,
+                                  (unsigned long)(uint32_t)ogg_page_serialno(&og));
+                break;
+            }
+            if (headers < 3)
+                ogg_stream_pagein(&os, &og);
+        }
+        while (headers < 3 && rc == GM_OK) {
+            ogg_packet op;
+            int p = ogg_stream_packetout(&os, &op);
+            if (p == 0)
+                break;
+            if (p < 0) {
+                rc = gm_set_error(err, GM_ERR_FORMAT, "audio: Ogg Vorbis: a page is missing or "
+                                  "corrupt before header packet %d (%s)", headers + 1,
+                                  header_names[headers]);
+                break;
+            }
+            int e = vorbis_synthesis_headerin(&vi, &vc, &op);
+            if (e != 0) {
+                rc = gm_set_error(err, GM_ERR_FORMAT, "audio: Ogg Vorbis: header packet %d (%s) "
+                                  "is invalid: %s", headers + 1, header_names[headers],
+                                  vorbis_err_name(e));
+                break;
+            }
+            headers++;
+        }
+        if (rc != GM_OK)
+            break;
+        /* Past the headers only the serial numbers matter: pages are not kept. */
+    }
+    if (rc == GM_OK && is_vorbis && headers < 3)
+        rc = gm_set_error(err, GM_ERR_FORMAT, "audio: Ogg Vorbis: the stream ends after %d of its "
+                          "3 header packets (%s header missing)", headers, header_names[headers]);
+    vorbis_comment_clear(&vc);
+    vorbis_info_clear(&vi);
+    if (have_stream)
+        ogg_stream_clear(&os);
+    ogg_sync_clear(&oy);
+    return rc;
+}
+
 /* ---- decoding ---- */
 
 static void resolve_limits(const gm_audio_limits *lim, double *max_s, uint32_t *max_ch,
@@ -229,6 +379,12 @@ int gm_audio_decode(const uint8_t *data, size_t len, const gm_audio_limits *lim,
     double max_s;
     uint32_t max_ch, min_rate, max_rate;
     resolve_limits(lim, &max_s, &max_ch, &min_rate, &max_rate);
+
+    int vrc = check_ogg_vorbis(data, len, err);
+    if (vrc != GM_OK) {
+        snprintf(out->format, sizeof out->format, "OGG VORBIS");
+        return vrc;
+    }
 
     mem_io m = { .data = data, .len = (sf_count_t)len, .pos = 0 };
     SF_VIRTUAL_IO vio = { vio_get_filelen, vio_seek, vio_read, vio_write, vio_tell };

@@ -17,17 +17,6 @@
 
 static char *tiny_model_path;
 
-/* libvorbis (through libsndfile 1.2's Ogg Vorbis open) leaks its codec setup, one
- * allocation of about 5.7 KB, when a stream's Vorbis headers are malformed (the cut Ogg
- * of /service/audio/errors): a known upstream problem (xiph/vorbis#125, libsndfile#922)
- * outside gemmad, so LeakSanitizer lets that one stack pass under ASan. */
-const char *__lsan_default_suppressions (void);
-const char *
-__lsan_default_suppressions (void)
-{
-  return "leak:vorbis_info_init\n";
-}
-
 /* ---- helpers --------------------------------------------------------------------------- */
 
 typedef struct {
