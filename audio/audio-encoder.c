@@ -26,16 +26,17 @@
  */
 #include "audio-encoder.h"
 
-#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clipped-linear.h"
 #include "core/gguf.h"
 #include "core/kernels.h"
 #include "core/ops.h"
+#include "core/tensor-view.h"
 
 #define AU_MEL 128
 #define AU_F1 ((AU_MEL + 1) / 2)        /* mel width after conv 0 */
@@ -48,11 +49,7 @@
 #define AU_GCLIP 1e10f
 #define AU_MAX_FRAMES (1u << 20)
 
-typedef struct au_linear {
-    gm_matrix w;
-    float in_min, in_max, out_min, out_max;
-    bool clamp_in, clamp_out;
-} au_linear;
+typedef gm_clipped_linear au_linear;
 
 struct au_layer {
     float *ffn_norm, *ffn_post_norm, *attn_pre_norm, *attn_post_norm, *conv_pre_norm,
@@ -77,112 +74,6 @@ struct gm_audio_model {
 };
 
 /* ---- loading ---------------------------------------------------------------------- */
-
-static const gm_gguf_tensor *au_tensor(const gm_gguf *g, const char *name, uint32_t n_dims,
-                                       const int64_t *ne, gm_error *err)
-{
-    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
-    if (!t) {
-        gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
-        return NULL;
-    }
-    for (uint32_t i = 0; i < GM_GGUF_MAX_DIMS; i++) {
-        int64_t want = i < n_dims ? ne[i] : 1;
-        if (t->ne[i] != want) {
-            gm_set_error(err, GM_ERR_FORMAT,
-                         "%s: tensor %s has shape {%lld,%lld,%lld,%lld}, expected {%lld,%lld,%lld,%lld}",
-                         g->path, name, (long long)t->ne[0], (long long)t->ne[1],
-                         (long long)t->ne[2], (long long)t->ne[3], (long long)ne[0],
-                         (long long)(n_dims > 1 ? ne[1] : 1), (long long)(n_dims > 2 ? ne[2] : 1),
-                         (long long)(n_dims > 3 ? ne[3] : 1));
-            return NULL;
-        }
-    }
-    return t;
-}
-
-/* Small tensors (norms, convolutions, clamps) as a malloc'd float copy. */
-static float *au_floats(const gm_gguf *g, const char *name, uint32_t n_dims, const int64_t *ne,
-                        gm_error *err)
-{
-    const gm_gguf_tensor *t = au_tensor(g, name, n_dims, ne, err);
-    if (!t)
-        return NULL;
-    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-    if (t->type != GM_TYPE_F32 && t->type != GM_TYPE_F16 && t->type != GM_TYPE_BF16) {
-        gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has type %s (want F32/F16/BF16)",
-                     g->path, name, gm_type_name(t->type));
-        return NULL;
-    }
-    float *out = malloc((size_t)n * sizeof *out);
-    if (!out) {
-        gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory for %s", g->path, name);
-        return NULL;
-    }
-    if (t->type == GM_TYPE_F32) {
-        memcpy(out, t->data, (size_t)n * sizeof *out);
-    } else if (t->type == GM_TYPE_F16) {
-        const gm_fp16 *s = t->data;
-        for (int64_t i = 0; i < n; i++)
-            out[i] = gm_fp16_to_fp32(s[i]);
-    } else {
-        const gm_bf16 *s = t->data;
-        for (int64_t i = 0; i < n; i++)
-            out[i] = gm_bf16_to_fp32(s[i]);
-    }
-    return out;
-}
-
-static int au_matrix(const gm_gguf *g, const char *name, int64_t rows, int64_t cols,
-                     gm_matrix *m, gm_error *err)
-{
-    const int64_t ne[2] = { cols, rows };
-    const gm_gguf_tensor *t = au_tensor(g, name, 2, ne, err);
-    if (!t)
-        return err ? err->code : GM_ERR_FORMAT;
-    if (!gm_matmul_supports(t->type))
-        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has unsupported type %s",
-                            g->path, name, gm_type_name(t->type));
-    m->type = t->type;
-    m->rows = rows;
-    m->cols = cols;
-    m->row_bytes = gm_row_size(t->type, cols);
-    m->data = t->data;
-    m->name = t->name;
-    if (m->row_bytes * (uint64_t)rows > t->nbytes)
-        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor %s is too small", g->path, name);
-    return GM_OK;
-}
-
-/* The weight `base`.weight and its optional clamp scalars `base`.input_min … (llama.cpp
- * keeps each pair or nothing). */
-static int au_load_linear(const gm_gguf *g, const char *base, int64_t rows, int64_t cols,
-                          au_linear *l, gm_error *err)
-{
-    char name[256];
-    snprintf(name, sizeof name, "%s.weight", base);
-    int rc = au_matrix(g, name, rows, cols, &l->w, err);
-    static const char *const sfx[4] = { "input_min", "input_max", "output_min", "output_max" };
-    float *dst[4] = { &l->in_min, &l->in_max, &l->out_min, &l->out_max };
-    bool *pres[4] = { &l->clamp_in, &l->clamp_in, &l->clamp_out, &l->clamp_out };
-    static const int64_t one[1] = { 1 };
-    for (int i = 0; i < 4 && rc == GM_OK; i++) {
-        *dst[i] = (i % 2) ? FLT_MAX : -FLT_MAX;
-        snprintf(name, sizeof name, "%s.%s", base, sfx[i]);
-        if (!gm_gguf_find_tensor(g, name))
-            continue;
-        float *v = au_floats(g, name, 1, one, err);
-        if (!v)
-            return err ? err->code : GM_ERR_FORMAT;
-        *dst[i] = v[0];
-        *pres[i] = true;
-        free(v);
-    }
-    if (rc == GM_OK && (l->in_min > l->in_max || l->out_min > l->out_max))
-        rc = gm_set_error(err, GM_ERR_FORMAT, "%s: clamp bounds of %s.weight are inverted",
-                          g->path, base);
-    return rc;
-}
 
 void gm_audio_model_free(gm_audio_model *m)
 {
@@ -314,10 +205,10 @@ static int au_load(gm_audio_model *m, gm_error *err)
     const int64_t nc0[1] = { c0 }, nc1[1] = { c1 }, hne[1] = { H }, dne[1] = { hd };
     float *conv1 = NULL;
     float *conv0 = NULL;
-    if (!(conv0 = au_floats(g, "a.conv1d.0.weight", 4, ne0, err)) ||
-        !(m->norm0 = au_floats(g, "a.conv1d.0.norm.weight", 1, nc0, err)) ||
-        !(conv1 = au_floats(g, "a.conv1d.1.weight", 4, ne1, err)) ||
-        !(m->norm1 = au_floats(g, "a.conv1d.1.norm.weight", 1, nc1, err))) {
+    if (!(conv0 = gm_tensor_floats(g, "a.conv1d.0.weight", 4, ne0, err)) ||
+        !(m->norm0 = gm_tensor_floats(g, "a.conv1d.0.norm.weight", 1, nc0, err)) ||
+        !(conv1 = gm_tensor_floats(g, "a.conv1d.1.weight", 4, ne1, err)) ||
+        !(m->norm1 = gm_tensor_floats(g, "a.conv1d.1.norm.weight", 1, nc1, err))) {
         free(conv0);
         free(conv1);
         return err ? err->code : GM_ERR_FORMAT;
@@ -343,15 +234,16 @@ static int au_load(gm_audio_model *m, gm_error *err)
     m->conv1m = (gm_matrix){ .type = GM_TYPE_F32, .rows = c1, .cols = 9 * c0,
                              .row_bytes = (size_t)(9 * c0) * sizeof(float), .data = m->conv1r,
                              .name = "a.conv1d.1.weight" };
-    if ((rc = au_matrix(g, "a.input_projection.weight", H, AU_F2 * c1, &m->in_proj, err)) ||
-        (rc = au_load_linear(g, "a.pre_encode.out", m->out_dim, H, &m->out_proj, err)) ||
-        (rc = au_matrix(g, "mm.a.input_projection.weight", m->proj_dim, m->out_dim, &m->mm_proj, err)))
+    const int64_t in_ne[2] = { AU_F2 * c1, H }, mm_ne[2] = { m->out_dim, m->proj_dim };
+    if ((rc = gm_tensor_matrix(g, "a.input_projection.weight", 2, in_ne, &m->in_proj, err)) ||
+        (rc = gm_clipped_linear_load(g, "a.pre_encode.out", m->out_dim, H, &m->out_proj, err)) ||
+        (rc = gm_tensor_matrix(g, "mm.a.input_projection.weight", 2, mm_ne, &m->mm_proj, err)))
         return rc;
     const int64_t one_out[1] = { m->out_dim };
-    if (!(m->out_bias = au_floats(g, "a.pre_encode.out.bias", 1, one_out, err)))
+    if (!(m->out_bias = gm_tensor_floats(g, "a.pre_encode.out.bias", 1, one_out, err)))
         return err ? err->code : GM_ERR_FORMAT;
     if (gm_gguf_find_tensor(g, "mm.a.soft_emb_norm.weight") &&
-        !(m->soft_norm = au_floats(g, "mm.a.soft_emb_norm.weight", 1, one_out, err)))
+        !(m->soft_norm = gm_tensor_floats(g, "mm.a.soft_emb_norm.weight", 1, one_out, err)))
         return err ? err->code : GM_ERR_FORMAT;
 
     if (!(m->layers = calloc(m->n_layer ? m->n_layer : 1, sizeof *m->layers)))
@@ -363,7 +255,7 @@ static int au_load(gm_audio_model *m, gm_error *err)
         char name[256];
 #define AU_VEC(field, sfx, ne)                                                              \
         snprintf(name, sizeof name, "a.blk.%u." sfx, il);                                    \
-        if (!(L->field = au_floats(g, name, 1, ne, err)))                                    \
+        if (!(L->field = gm_tensor_floats(g, name, 1, ne, err)))                                    \
             return err ? err->code : GM_ERR_FORMAT;
         AU_VEC(ffn_norm, "ffn_norm.weight", hne)
         AU_VEC(ffn_post_norm, "ffn_post_norm.weight", hne)
@@ -381,11 +273,11 @@ static int au_load(gm_audio_model *m, gm_error *err)
         for (int64_t d = 0; d < hd; d++)
             L->qs[d] *= q_scale;
         snprintf(name, sizeof name, "a.blk.%u.conv_dw.weight", il);
-        if (!(L->dw = au_floats(g, name, 2, dwne, err)))
+        if (!(L->dw = gm_tensor_floats(g, name, 2, dwne, err)))
             return err ? err->code : GM_ERR_FORMAT;
 #define AU_LIN(field, sfx, rows, cols)                                                      \
         snprintf(name, sizeof name, "a.blk.%u." sfx, il);                                    \
-        if ((rc = au_load_linear(g, name, rows, cols, &L->field, err)))                      \
+        if ((rc = gm_clipped_linear_load(g, name, rows, cols, &L->field, err)))                      \
             return rc;
         AU_LIN(up, "ffn_up", F, H)
         AU_LIN(down, "ffn_down", H, F)
@@ -400,7 +292,9 @@ static int au_load(gm_audio_model *m, gm_error *err)
 #undef AU_LIN
         gm_matrix relk;
         snprintf(name, sizeof name, "a.blk.%u.attn_k_rel.weight", il);
-        if ((rc = au_matrix(g, name, H, H, &relk, err)) || (rc = au_rel_table(m, L, &relk, err)))
+        const int64_t relk_ne[2] = { H, H };
+        if ((rc = gm_tensor_matrix(g, name, 2, relk_ne, &relk, err)) ||
+            (rc = au_rel_table(m, L, &relk, err)))
             return rc;
     }
     return GM_OK;
@@ -444,19 +338,6 @@ typedef struct au_fwd {
     float *h, *a, *q, *k, *v, *o, *big, *tmp;
 } au_fwd;
 
-static inline float au_clampf(float x, float lo, float hi)
-{
-    /* max then min, in the operand order of maxps/minps (NaN passes through, as in
-     * torch.clamp), so the loops below vectorize to them */
-    x = lo > x ? lo : x;
-    return hi < x ? hi : x;
-}
-
-static void au_clampv(float *x, int64_t n, float lo, float hi)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] = au_clampf(x[i], lo, hi);
-}
 
 /* Conv 0 (1 → c0 channels) + channel LayerNorm + ReLU, output rows [r0, r1). */
 static void au_rows_conv0(void *arg, int64_t r0, int64_t r1)
@@ -529,13 +410,13 @@ static void au_rows_norm1(void *arg, int64_t r0, int64_t r1)
 static inline void au_clamp_in(const au_linear *l, float *x, int64_t n)
 {
     if (l && l->clamp_in)
-        au_clampv(x, n, l->in_min, l->in_max);
+        gm_clampv(x, n, l->in_min, l->in_max);
 }
 
 static inline void au_clamp_out(const au_linear *l, float *x, int64_t n)
 {
     if (l && l->clamp_out)
-        au_clampv(x, n, l->out_min, l->out_max);
+        gm_clampv(x, n, l->out_min, l->out_max);
 }
 
 typedef struct au_step au_step;
@@ -582,7 +463,7 @@ static void au_row_pre_norm(const au_fwd *f, const au_step *s, int64_t i)
     float *ai = f->a + i * H;
     const float *hi = f->h + i * H;
     for (int64_t j = 0; j < H; j++)
-        ai[j] = au_clampf(hi[j], -AU_GCLIP, AU_GCLIP);
+        ai[j] = gm_clampf(hi[j], -AU_GCLIP, AU_GCLIP);
     gm_rmsnorm(ai, ai, s->w, H, AU_EPS);
     au_clamp_in(s->lin, ai, H);
 }
@@ -600,7 +481,7 @@ static void au_row_qkv_in(const au_fwd *f, const au_step *s, int64_t i)
             continue;
         float *d = f->tmp + (j * f->n + i) * H;
         for (int64_t c = 0; c < H; c++)
-            d[c] = au_clampf(ai[c], lin[j]->in_min, lin[j]->in_max);
+            d[c] = gm_clampf(ai[c], lin[j]->in_min, lin[j]->in_max);
     }
     (void)s;
 }
@@ -621,7 +502,7 @@ static void au_row_post_add(const au_fwd *f, const au_step *s, int64_t i)
     const int64_t H = f->m->n_embd;
     float *ai = f->a + i * H;
     au_clamp_out(s->lin, ai, H);
-    au_clampv(ai, H, -AU_GCLIP, AU_GCLIP);
+    gm_clampv(ai, H, -AU_GCLIP, AU_GCLIP);
     gm_rmsnorm(ai, ai, s->w, H, AU_EPS);
     gm_vec_axpy(f->h + i * H, s->scale, ai, H);
 }
@@ -708,7 +589,7 @@ static void au_row_dwconv(const au_fwd *f, const au_step *s, int64_t t)
             if (ti >= 0)
                 acc += w[j] * f->o[ti * H + c];
         }
-        z[c] = au_clampf(acc, -AU_GCLIP, AU_GCLIP);
+        z[c] = gm_clampf(acc, -AU_GCLIP, AU_GCLIP);
     }
     gm_rmsnorm(z, z, L->conv_post_norm, H, AU_EPS);
     gm_silu(z, H);
@@ -731,7 +612,7 @@ static void au_row_out_norm(const au_fwd *f, const au_step *s, int64_t i)
 {
     const int64_t H = f->m->n_embd;
     float *hi = f->h + i * H;
-    au_clampv(hi, H, -AU_GCLIP, AU_GCLIP);
+    gm_clampv(hi, H, -AU_GCLIP, AU_GCLIP);
     gm_rmsnorm(hi, hi, s->w, H, AU_EPS);
 }
 
@@ -742,7 +623,7 @@ static void au_row_tower_in(const au_fwd *f, const au_step *s, int64_t i)
     const float *hi = f->h + i * H;
     float *d = f->tmp + i * H;
     for (int64_t c = 0; c < H; c++)
-        d[c] = au_clampf(hi[c], s->lin->in_min, s->lin->in_max);
+        d[c] = gm_clampf(hi[c], s->lin->in_min, s->lin->in_max);
 }
 
 /* output_proj row: clamp_out (if the file has bounds), + bias, then embed_audio's RMSNorm

@@ -14,26 +14,23 @@
  */
 #include "vision-encoder.h"
 
-#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clipped-linear.h"
 #include "core/gguf.h"
 #include "core/kernels.h"
 #include "core/ops.h"
+#include "core/tensor-view.h"
 
 #define VT_PATCH 16
 #define VT_POOL 3
 #define VT_ROPE_THETA 100.0
 
-typedef struct vt_linear {
-    gm_matrix w;
-    float in_min, in_max, out_min, out_max; /* ±FLT_MAX when the file has no clamp */
-    bool clamp_in, clamp_out;
-} vt_linear;
+typedef gm_clipped_linear vt_linear;
 
 typedef struct vt_layer {
     float *ln1, *q_norm, *k_norm, *attn_post_norm, *ln2, *ffn_post_norm;
@@ -53,128 +50,6 @@ struct gm_vision_model {
 };
 
 /* ---- loading ---------------------------------------------------------------------- */
-
-static const gm_gguf_tensor *vt_tensor(const gm_gguf *g, const char *name, uint32_t n_dims,
-                                       const int64_t *ne, gm_error *err)
-{
-    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
-    if (!t) {
-        gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
-        return NULL;
-    }
-    for (uint32_t i = 0; i < GM_GGUF_MAX_DIMS; i++) {
-        int64_t want = i < n_dims ? ne[i] : 1;
-        if (t->ne[i] != want) {
-            gm_set_error(err, GM_ERR_FORMAT,
-                         "%s: tensor %s has shape {%lld,%lld,%lld,%lld}, expected %u dims {%lld,%lld,%lld}",
-                         g->path, name, (long long)t->ne[0], (long long)t->ne[1],
-                         (long long)t->ne[2], (long long)t->ne[3], n_dims, (long long)ne[0],
-                         (long long)(n_dims > 1 ? ne[1] : 1), (long long)(n_dims > 2 ? ne[2] : 1));
-            return NULL;
-        }
-    }
-    return t;
-}
-
-/* Small tensors (norms, tables, clamps) as a malloc'd float copy: F32, F16 or BF16. */
-static float *vt_floats(const gm_gguf *g, const char *name, uint32_t n_dims, const int64_t *ne,
-                        gm_error *err)
-{
-    const gm_gguf_tensor *t = vt_tensor(g, name, n_dims, ne, err);
-    if (!t)
-        return NULL;
-    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-    float *out = malloc((size_t)n * sizeof *out);
-    if (!out) {
-        gm_set_error(err, GM_ERR_NOMEM, "%s: out of memory for %s", g->path, name);
-        return NULL;
-    }
-    if (t->type == GM_TYPE_F32) {
-        memcpy(out, t->data, (size_t)n * sizeof *out);
-    } else if (t->type == GM_TYPE_F16) {
-        const gm_fp16 *s = t->data;
-        for (int64_t i = 0; i < n; i++)
-            out[i] = gm_fp16_to_fp32(s[i]);
-    } else if (t->type == GM_TYPE_BF16) {
-        const gm_bf16 *s = t->data;
-        for (int64_t i = 0; i < n; i++)
-            out[i] = gm_bf16_to_fp32(s[i]);
-    } else {
-        free(out);
-        gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has type %s (want F32/F16/BF16)",
-                     g->path, name, gm_type_name(t->type));
-        return NULL;
-    }
-    return out;
-}
-
-static int vt_matrix(const gm_gguf *g, const char *name, int64_t rows, int64_t cols,
-                     gm_matrix *m, gm_error *err)
-{
-    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
-    if (!t)
-        return gm_set_error(err, GM_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
-    /* The patch kernel is {16,16,3,H}: any shape whose leading dims multiply to cols. */
-    int64_t inner = 1;
-    uint32_t d = 0;
-    while (d < GM_GGUF_MAX_DIMS && inner < cols)
-        inner *= t->ne[d++];
-    int64_t outer = 1;
-    for (; d < GM_GGUF_MAX_DIMS; d++)
-        outer *= t->ne[d];
-    if (inner != cols || outer != rows || (cols != t->ne[0] && t->type != GM_TYPE_F32 &&
-                                            t->type != GM_TYPE_F16 && t->type != GM_TYPE_BF16))
-        return gm_set_error(err, GM_ERR_FORMAT,
-                            "%s: tensor %s has shape {%lld,%lld,%lld,%lld}, expected %lld inputs × %lld outputs",
-                            g->path, name, (long long)t->ne[0], (long long)t->ne[1],
-                            (long long)t->ne[2], (long long)t->ne[3], (long long)cols,
-                            (long long)rows);
-    if (!gm_matmul_supports(t->type))
-        return gm_set_error(err, GM_ERR_UNSUPPORTED, "%s: tensor %s has unsupported type %s",
-                            g->path, name, gm_type_name(t->type));
-    m->type = t->type;
-    m->rows = rows;
-    m->cols = cols;
-    m->row_bytes = gm_row_size(t->type, cols);
-    m->data = t->data;
-    m->name = t->name;
-    if (m->row_bytes * (uint64_t)rows > t->nbytes)
-        return gm_set_error(err, GM_ERR_FORMAT, "%s: tensor %s is too small", g->path, name);
-    return GM_OK;
-}
-
-/* A clamp scalar {1}; absent = no clamp. */
-static int vt_clamp(const gm_gguf *g, const char *name, float dflt, float *out, bool *present,
-                    gm_error *err)
-{
-    *out = dflt;
-    if (!gm_gguf_find_tensor(g, name))
-        return GM_OK;
-    const int64_t one[1] = { 1 };
-    float *v = vt_floats(g, name, 1, one, err);
-    if (!v)
-        return err ? err->code : GM_ERR_FORMAT;
-    *out = v[0];
-    *present = true;
-    free(v);
-    return GM_OK;
-}
-
-static int vt_load_linear(const gm_gguf *g, const char *base, int64_t rows, int64_t cols,
-                          vt_linear *l, gm_error *err)
-{
-    char name[256];
-    snprintf(name, sizeof name, "%s.weight", base);
-    int rc = vt_matrix(g, name, rows, cols, &l->w, err);
-    static const char *const sfx[4] = { "input_min", "input_max", "output_min", "output_max" };
-    float *dst[4] = { &l->in_min, &l->in_max, &l->out_min, &l->out_max };
-    bool *pres[4] = { &l->clamp_in, &l->clamp_in, &l->clamp_out, &l->clamp_out };
-    for (int i = 0; i < 4 && rc == GM_OK; i++) {
-        snprintf(name, sizeof name, "%s.%s", base, sfx[i]);
-        rc = vt_clamp(g, name, (i % 2) ? FLT_MAX : -FLT_MAX, dst[i], pres[i], err);
-    }
-    return rc;
-}
 
 void gm_vision_model_free(gm_vision_model *m)
 {
@@ -239,7 +114,8 @@ static int vt_load(gm_vision_model *m, gm_error *err)
     m->head_dim = m->n_embd / m->n_head;
     const int64_t H = m->n_embd, F = m->n_ff;
 
-    if ((rc = vt_matrix(g, "v.patch_embd.weight", H, 3 * VT_PATCH * VT_PATCH, &m->patch_embd, err)))
+    const int64_t patch_ne[4] = { VT_PATCH, VT_PATCH, 3, H };   /* the conv kernel, CHW */
+    if ((rc = gm_tensor_matrix(g, "v.patch_embd.weight", 4, patch_ne, &m->patch_embd, err)))
         return rc;
     const gm_gguf_tensor *pt = gm_gguf_find_tensor(g, "v.position_embd.weight");
     if (!pt)
@@ -249,13 +125,13 @@ static int vt_load(gm_vision_model *m, gm_error *err)
                             g->path, (long long)pt->ne[1]);
     m->pos_size = (uint32_t)pt->ne[1];
     const int64_t pne[3] = { H, m->pos_size, 2 };
-    if (!(m->pos_embd = vt_floats(g, "v.position_embd.weight", 3, pne, err)))
+    if (!(m->pos_embd = gm_tensor_floats(g, "v.position_embd.weight", 3, pne, err)))
         return err ? err->code : GM_ERR_FORMAT;
 
     const int64_t hne[1] = { H };
     if (gm_gguf_find_tensor(g, "v.std_bias") || gm_gguf_find_tensor(g, "v.std_scale")) {
-        if (!(m->std_bias = vt_floats(g, "v.std_bias", 1, hne, err)) ||
-            !(m->std_scale = vt_floats(g, "v.std_scale", 1, hne, err)))
+        if (!(m->std_bias = gm_tensor_floats(g, "v.std_bias", 1, hne, err)) ||
+            !(m->std_scale = gm_tensor_floats(g, "v.std_scale", 1, hne, err)))
             return err ? err->code : GM_ERR_FORMAT;
     }
     const gm_gguf_tensor *pj = gm_gguf_find_tensor(g, "mm.input_projection.weight");
@@ -271,7 +147,8 @@ static int vt_load(gm_vision_model *m, gm_error *err)
         return gm_set_error(err, GM_ERR_FORMAT,
                             "%s: clip.vision.projection_dim %u but mm.input_projection.weight has %u outputs",
                             g->path, kd, m->proj_dim);
-    if ((rc = vt_matrix(g, "mm.input_projection.weight", m->proj_dim, H, &m->proj, err)))
+    const int64_t proj_ne[2] = { H, m->proj_dim };
+    if ((rc = gm_tensor_matrix(g, "mm.input_projection.weight", 2, proj_ne, &m->proj, err)))
         return rc;
 
     /* 2-D RoPE: each axis rotates head_dim/2 dims as NeoX pairs with head_dim/4 freqs. */
@@ -289,7 +166,7 @@ static int vt_load(gm_vision_model *m, gm_error *err)
         char name[256];
 #define VT_VEC(field, sfx, ne)                                                              \
         snprintf(name, sizeof name, "v.blk.%u." sfx, il);                                    \
-        if (!(L->field = vt_floats(g, name, 1, ne, err)))                                    \
+        if (!(L->field = gm_tensor_floats(g, name, 1, ne, err)))                                    \
             return err ? err->code : GM_ERR_FORMAT;
         VT_VEC(ln1, "ln1.weight", hne)
         VT_VEC(q_norm, "attn_q_norm.weight", dne)
@@ -300,7 +177,7 @@ static int vt_load(gm_vision_model *m, gm_error *err)
 #undef VT_VEC
 #define VT_LIN(field, sfx, rows, cols)                                                      \
         snprintf(name, sizeof name, "v.blk.%u." sfx, il);                                    \
-        if ((rc = vt_load_linear(g, name, rows, cols, &L->field, err)))                      \
+        if ((rc = gm_clipped_linear_load(g, name, rows, cols, &L->field, err)))                      \
             return rc;
         VT_LIN(q, "attn_q", H, H)
         VT_LIN(k, "attn_k", H, H)
@@ -351,12 +228,6 @@ typedef struct vt_fwd {
     float *kh, *vt, *s;
 } vt_fwd;
 
-static void vt_clampv(float *x, int64_t n, float lo, float hi)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
-}
-
 static void vt_rows_clamp_copy(void *arg, int64_t r0, int64_t r1)
 {
     vt_fwd *f = arg;
@@ -372,7 +243,7 @@ static void vt_rows_clamp_copy(void *arg, int64_t r0, int64_t r1)
 static void vt_rows_clamp(void *arg, int64_t r0, int64_t r1)
 {
     vt_fwd *f = arg;
-    vt_clampv(f->c_dst + r0 * f->c_cols, (r1 - r0) * f->c_cols, f->c_lo, f->c_hi);
+    gm_clampv(f->c_dst + r0 * f->c_cols, (r1 - r0) * f->c_cols, f->c_lo, f->c_hi);
 }
 
 /* Clamps the caller applies itself inside a row pass it makes anyway (saves a pass
@@ -423,7 +294,7 @@ static void vt_rows_ln1(void *arg, int64_t r0, int64_t r1)
 static inline void vt_clamp_out(const vt_linear *l, float *x, int64_t n)
 {
     if (l->clamp_out)
-        vt_clampv(x, n, l->out_min, l->out_max);
+        gm_clampv(x, n, l->out_min, l->out_max);
 }
 
 /* The q/k/v output clamps, then per-head q/k RMSNorm (weighted), v RMSNorm (weightless),
@@ -534,7 +405,7 @@ static void vt_rows_gelu_mul(void *arg, int64_t r0, int64_t r1)
         gm_gelu_tanh(g, F);
         gm_vec_mul(g, u, F);
         if (L->down.clamp_in)
-            vt_clampv(g, F, L->down.in_min, L->down.in_max);
+            gm_clampv(g, F, L->down.in_min, L->down.in_max);
     }
 }
 
