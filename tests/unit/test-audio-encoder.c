@@ -462,19 +462,6 @@ static void synth_tiny(void)
     CHECK(access(path, F_OK) != 0);
 }
 
-static void check_shape(const gm_gguf *g, const char *name, gm_type type, int64_t e0, int64_t e1, int64_t e2,
-                        int64_t e3)
-{
-    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
-    CHECKF(t != NULL, "missing %s", name);
-    if (!t)
-        return;
-    CHECKF(t->type == type && t->ne[0] == e0 && t->ne[1] == e1 && t->ne[2] == e2 && t->ne[3] == e3,
-           "%s: %s {%lld,%lld,%lld,%lld}, expected %s {%lld,%lld,%lld,%lld}", name, gm_type_name(t->type),
-           (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], gm_type_name(type),
-           (long long)e0, (long long)e1, (long long)e2, (long long)e3);
-}
-
 static float first_f32(const gm_gguf *g, const char *name)
 {
     const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
@@ -511,28 +498,28 @@ static void synth_e2b(void)
         CHECK(gm_gguf_get_str(g, "clip.audio.projector_type", &s, &err) == GM_OK && strcmp(s, "gemma4a") == 0);
         free(s);
         const gm_type Q = GM_TYPE_Q8_0, F = GM_TYPE_F32;
-        check_shape(g, "a.conv1d.0.weight", F, 3, 3, 1, 128);
-        check_shape(g, "a.conv1d.0.norm.weight", F, 128, 1, 1, 1);
-        check_shape(g, "a.conv1d.1.weight", F, 3, 3, 128, 32);
-        check_shape(g, "a.conv1d.1.norm.weight", F, 32, 1, 1, 1);
-        check_shape(g, "a.input_projection.weight", Q, 1024, 1024, 1, 1);
-        check_shape(g, "a.blk.11.ffn_up.weight", Q, 1024, 4096, 1, 1);
-        check_shape(g, "a.blk.11.ffn_down.weight", Q, 4096, 1024, 1, 1);
-        check_shape(g, "a.blk.11.ffn_up_1.weight", Q, 1024, 4096, 1, 1);
-        check_shape(g, "a.blk.11.ffn_down_1.weight", Q, 4096, 1024, 1, 1);
-        check_shape(g, "a.blk.5.attn_q.weight", Q, 1024, 1024, 1, 1);
-        check_shape(g, "a.blk.5.attn_out.weight", Q, 1024, 1024, 1, 1);
-        check_shape(g, "a.blk.5.attn_k_rel.weight", Q, 1024, 1024, 1, 1);
-        check_shape(g, "a.blk.5.conv_pw1.weight", Q, 1024, 2048, 1, 1);
-        check_shape(g, "a.blk.5.conv_pw2.weight", Q, 1024, 1024, 1, 1);
-        check_shape(g, "a.blk.5.conv_dw.weight", F, 5, 1024, 1, 1);
-        check_shape(g, "a.blk.5.per_dim_scale.weight", F, 128, 1, 1, 1);
-        check_shape(g, "a.blk.0.norm_conv.weight", F, 1024, 1, 1, 1);
-        check_shape(g, "a.blk.0.ln2.weight", F, 1024, 1, 1, 1);
-        check_shape(g, "a.blk.7.conv_pw2.output_max", F, 1, 1, 1, 1);
-        check_shape(g, "a.pre_encode.out.weight", Q, 1024, 1536, 1, 1);
-        check_shape(g, "a.pre_encode.out.bias", F, 1536, 1, 1, 1);
-        check_shape(g, "mm.a.input_projection.weight", Q, 1536, 1536, 1, 1);
+        gm_test_check_shape(g, "a.conv1d.0.weight", F, 3, 3, 1, 128);
+        gm_test_check_shape(g, "a.conv1d.0.norm.weight", F, 128, 1, 1, 1);
+        gm_test_check_shape(g, "a.conv1d.1.weight", F, 3, 3, 128, 32);
+        gm_test_check_shape(g, "a.conv1d.1.norm.weight", F, 32, 1, 1, 1);
+        gm_test_check_shape(g, "a.input_projection.weight", Q, 1024, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.11.ffn_up.weight", Q, 1024, 4096, 1, 1);
+        gm_test_check_shape(g, "a.blk.11.ffn_down.weight", Q, 4096, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.11.ffn_up_1.weight", Q, 1024, 4096, 1, 1);
+        gm_test_check_shape(g, "a.blk.11.ffn_down_1.weight", Q, 4096, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.attn_q.weight", Q, 1024, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.attn_out.weight", Q, 1024, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.attn_k_rel.weight", Q, 1024, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.conv_pw1.weight", Q, 1024, 2048, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.conv_pw2.weight", Q, 1024, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.conv_dw.weight", F, 5, 1024, 1, 1);
+        gm_test_check_shape(g, "a.blk.5.per_dim_scale.weight", F, 128, 1, 1, 1);
+        gm_test_check_shape(g, "a.blk.0.norm_conv.weight", F, 1024, 1, 1, 1);
+        gm_test_check_shape(g, "a.blk.0.ln2.weight", F, 1024, 1, 1, 1);
+        gm_test_check_shape(g, "a.blk.7.conv_pw2.output_max", F, 1, 1, 1, 1);
+        gm_test_check_shape(g, "a.pre_encode.out.weight", Q, 1024, 1536, 1, 1);
+        gm_test_check_shape(g, "a.pre_encode.out.bias", F, 1536, 1, 1, 1);
+        gm_test_check_shape(g, "mm.a.input_projection.weight", Q, 1536, 1536, 1, 1);
         CHECK(gm_gguf_find_tensor(g, "a.blk.12.ln2.weight") == NULL);
         CHECK(gm_gguf_find_tensor(g, "v.blk.0.ln1.weight") == NULL);
         CHECK(gm_gguf_find_tensor(g, "mm.a.soft_emb_norm.weight") == NULL);

@@ -87,6 +87,21 @@ static inline int gm_test_finish(void)
 
 #ifdef GM_TEST_RERUN_ISAS
 #include "core/cpu.h"
+#include "core/gguf.h"
+
+/* The tensor exists with this type and shape (ggml order, unused dims 1). */
+static inline void gm_test_check_shape(const gm_gguf *g, const char *name, gm_type type, int64_t e0,
+                                       int64_t e1, int64_t e2, int64_t e3)
+{
+    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
+    CHECKF(t != NULL, "missing %s", name);
+    if (!t)
+        return;
+    CHECKF(t->type == type && t->ne[0] == e0 && t->ne[1] == e1 && t->ne[2] == e2 && t->ne[3] == e3,
+           "%s: %s {%lld,%lld,%lld,%lld}, expected %s {%lld,%lld,%lld,%lld}", name, gm_type_name(t->type),
+           (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], gm_type_name(type),
+           (long long)e0, (long long)e1, (long long)e2, (long long)e3);
+}
 
 /* Runs this binary again with GEMMAD_ISA forced to each ISA below the best one this CPU
  * has (kernels and ops are chosen from it), so every code path meets the same checks.

@@ -371,19 +371,6 @@ static void synth_tiny(void)
     CHECK(access(path, F_OK) != 0);
 }
 
-static void check_shape(const gm_gguf *g, const char *name, gm_type type, int64_t e0, int64_t e1, int64_t e2,
-                        int64_t e3)
-{
-    const gm_gguf_tensor *t = gm_gguf_find_tensor(g, name);
-    CHECKF(t != NULL, "missing %s", name);
-    if (!t)
-        return;
-    CHECKF(t->type == type && t->ne[0] == e0 && t->ne[1] == e1 && t->ne[2] == e2 && t->ne[3] == e3,
-           "%s: %s {%lld,%lld,%lld,%lld}, expected %s {%lld,%lld,%lld,%lld}", name, gm_type_name(t->type),
-           (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3], gm_type_name(type),
-           (long long)e0, (long long)e1, (long long)e2, (long long)e3);
-}
-
 /* The full-size E2B tower (Q8_0, ~220 MB, about a second): real shapes and keys, and the
  * encoder accepts it. Not encoded here (seconds of work); gemma-bench times that. */
 static void synth_e2b(void)
@@ -416,16 +403,16 @@ static void synth_e2b(void)
         char *s = NULL;
         CHECK(gm_gguf_get_str(g, "general.architecture", &s, &err) == GM_OK && strcmp(s, "clip") == 0);
         free(s);
-        check_shape(g, "v.patch_embd.weight", GM_TYPE_F16, 16, 16, 3, 768);
-        check_shape(g, "v.position_embd.weight", GM_TYPE_F32, 768, 10240, 2, 1);
-        check_shape(g, "mm.input_projection.weight", GM_TYPE_Q8_0, 768, 1536, 1, 1);
-        check_shape(g, "v.blk.15.attn_q.weight", GM_TYPE_Q8_0, 768, 768, 1, 1);
-        check_shape(g, "v.blk.15.attn_out.weight", GM_TYPE_Q8_0, 768, 768, 1, 1);
-        check_shape(g, "v.blk.15.ffn_gate.weight", GM_TYPE_Q8_0, 768, 3072, 1, 1);
-        check_shape(g, "v.blk.15.ffn_down.weight", GM_TYPE_Q8_0, 3072, 768, 1, 1);
-        check_shape(g, "v.blk.0.attn_k_norm.weight", GM_TYPE_F32, 64, 1, 1, 1);
-        check_shape(g, "v.blk.0.ln1.weight", GM_TYPE_F32, 768, 1, 1, 1);
-        check_shape(g, "v.blk.7.ffn_down.input_max", GM_TYPE_F32, 1, 1, 1, 1);
+        gm_test_check_shape(g, "v.patch_embd.weight", GM_TYPE_F16, 16, 16, 3, 768);
+        gm_test_check_shape(g, "v.position_embd.weight", GM_TYPE_F32, 768, 10240, 2, 1);
+        gm_test_check_shape(g, "mm.input_projection.weight", GM_TYPE_Q8_0, 768, 1536, 1, 1);
+        gm_test_check_shape(g, "v.blk.15.attn_q.weight", GM_TYPE_Q8_0, 768, 768, 1, 1);
+        gm_test_check_shape(g, "v.blk.15.attn_out.weight", GM_TYPE_Q8_0, 768, 768, 1, 1);
+        gm_test_check_shape(g, "v.blk.15.ffn_gate.weight", GM_TYPE_Q8_0, 768, 3072, 1, 1);
+        gm_test_check_shape(g, "v.blk.15.ffn_down.weight", GM_TYPE_Q8_0, 3072, 768, 1, 1);
+        gm_test_check_shape(g, "v.blk.0.attn_k_norm.weight", GM_TYPE_F32, 64, 1, 1, 1);
+        gm_test_check_shape(g, "v.blk.0.ln1.weight", GM_TYPE_F32, 768, 1, 1, 1);
+        gm_test_check_shape(g, "v.blk.7.ffn_down.input_max", GM_TYPE_F32, 1, 1, 1, 1);
         CHECK(gm_gguf_find_tensor(g, "v.blk.16.ln1.weight") == NULL);
         CHECK(gm_gguf_find_tensor(g, "v.std_bias") == NULL);
         /* 3 + 16 × (6 vectors + 7 linears × (weight + 4 clamps)) */
