@@ -249,6 +249,37 @@ static void json_stats(FILE *f, const char *key, long n_tokens, const stats *s)
 enum { ST_DECODE, ST_PREPROCESS, ST_ENCODE, ST_TOTAL, ST_COUNT };
 static const char *const stage_names[ST_COUNT] = { "decode", "preprocess", "encode", "total" };
 
+/* The whole media file, or NULL after saying which file could not be read. */
+static uint8_t *read_media(const char *path, const char *what, size_t *len)
+{
+    uint8_t *data = NULL;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        data = (uint8_t *)tool_read_all(f, len);
+        fclose(f);
+    }
+    if (!data)
+        fprintf(stderr, "%s: %s: cannot read the %s\n", prog, path, what);
+    return data;
+}
+
+/* general.name (malloc'd, or NULL) and the matrices' types of all the mmproj's tensors
+ * (both towers), for the table, from a second (mapped) open. */
+static char *mmproj_info(const char *path, type_bytes *tb)
+{
+    gm_error err = { 0 };
+    char *name = NULL;
+    memset(tb, 0, sizeof *tb);
+    gm_gguf *g = gm_gguf_open(path, &err);
+    if (g) {
+        if (gm_gguf_get_str(g, "general.name", &name, &err) != GM_OK)
+            name = NULL;
+        count_types(g, tb);
+        gm_gguf_close(g);
+    }
+    return name;
+}
+
 /* One image through gm_image_embed -r times after a warm-up; per-stage wall times. */
 static int image_bench(const options *o)
 {
@@ -261,15 +292,8 @@ static int image_bench(const options *o)
     size_t len = 0;
     char *name = NULL;
 
-    FILE *f = fopen(o->image, "rb");
-    if (f) {
-        data = (uint8_t *)tool_read_all(f, &len);
-        fclose(f);
-    }
-    if (!data) {
-        fprintf(stderr, "%s: %s: cannot read the image\n", prog, o->image);
+    if (!(data = read_media(o->image, "image", &len)))
         return TOOL_EXIT_USAGE;
-    }
     double loadavg = -1;
     getloadavg(&loadavg, 1);
     double t0 = tool_now();
@@ -281,17 +305,8 @@ static int image_bench(const options *o)
     }
     double load_s = tool_now() - t0;
     long rss_load = tool_rss_kib();
-    /* general.name and the matrices' types for the table, from a second (mapped) open */
     type_bytes tb;
-    memset(&tb, 0, sizeof tb);
-    gm_gguf *g = gm_gguf_open(o->mmproj, &err);
-    if (g) {
-        if (gm_gguf_get_str(g, "general.name", &name, &err) != GM_OK)
-            name = NULL;
-        count_types(g, &tb);
-        gm_gguf_close(g);
-    }
-    gm_error_clear(&err);
+    name = mmproj_info(o->mmproj, &tb);
     const char *shown = name ? name : o->mmproj;
     long long fsize = tool_file_size(o->mmproj);
 
@@ -423,15 +438,8 @@ static int audio_bench(const options *o)
     size_t len = 0;
     char *name = NULL;
 
-    FILE *f = fopen(o->audio, "rb");
-    if (f) {
-        data = (uint8_t *)tool_read_all(f, &len);
-        fclose(f);
-    }
-    if (!data) {
-        fprintf(stderr, "%s: %s: cannot read the sound file\n", prog, o->audio);
+    if (!(data = read_media(o->audio, "sound file", &len)))
         return TOOL_EXIT_USAGE;
-    }
     double loadavg = -1;
     getloadavg(&loadavg, 1);
     double t0 = tool_now();
@@ -443,17 +451,8 @@ static int audio_bench(const options *o)
     }
     double load_s = tool_now() - t0;
     long rss_load = tool_rss_kib();
-    /* general.name and the matrices' types (all of the file's tensors, both towers) */
     type_bytes tb;
-    memset(&tb, 0, sizeof tb);
-    gm_gguf *g = gm_gguf_open(o->mmproj, &err);
-    if (g) {
-        if (gm_gguf_get_str(g, "general.name", &name, &err) != GM_OK)
-            name = NULL;
-        count_types(g, &tb);
-        gm_gguf_close(g);
-    }
-    gm_error_clear(&err);
+    name = mmproj_info(o->mmproj, &tb);
     const char *shown = name ? name : o->mmproj;
     long long fsize = tool_file_size(o->mmproj);
 
